@@ -1,0 +1,28 @@
+//! Checkpoint containers for qtool.
+//!
+//! This crate knows how bytes are laid out on disk — safetensors (single file, sharded with
+//! `model.safetensors.index.json`, or a directory of shards), GGUF v2/v3, the element types they
+//! carry and the naming conventions of the runtimes that load them. It knows no quantization
+//! algorithm (that is `qtool-quantizers`) and never touches a GPU.
+//!
+//! Reading is zero-copy: every [`TensorSource`] memory-maps its files and hands out
+//! [`TensorRef`]s that borrow the mapping, so opening a 28 GB checkpoint costs its header.
+//! Writing streams: the full tensor plan is known up front, the header goes first, tensors follow
+//! in order, and the result appears at its final path only when complete ([`atomic`]).
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod codec;
+pub mod conventions;
+pub mod dtype;
+pub mod error;
+pub mod gguf;
+pub mod mmap;
+pub mod safetensors;
+pub mod tensor;
+
+pub use checkpoint::{open, Checkpoint};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use gguf::GgmlType;
+pub use tensor::{ContainerFormat, PlannedTensor, TensorDType, TensorInfo, TensorRef, TensorSink, TensorSource};

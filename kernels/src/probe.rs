@@ -1,0 +1,1 @@
+//! Finding the CUDA driver, NVRTC and a GPU.

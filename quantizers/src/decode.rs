@@ -1,0 +1,1 @@
+//! Decoding any tensor qtool can read to `f32`.

@@ -1,0 +1,1 @@
+//! GPU verification of quantized checkpoints against CPU references.
