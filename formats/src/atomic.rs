@@ -54,6 +54,48 @@ impl AtomicFile {
         fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         Ok(self.target.clone())
     }
+
+    /// Flushes and fsyncs the file but leaves it under its temporary name, releasing the write
+    /// buffer. Multi-file outputs (shards + index) seal each part as it completes and rename
+    /// them all only once every part is ready.
+    pub fn seal(mut self) -> Result<SealedFile> {
+        let w = self.file.take().expect("AtomicFile sealed after commit");
+        // Armed before anything can fail, so an error below still removes the temporary file.
+        let sealed = SealedFile { target: self.target.clone(), tmp: self.tmp.clone(), armed: true };
+        let file = w.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        Ok(sealed)
+    }
+}
+
+/// A completely written and synced temporary file waiting for its rename; dropped before
+/// [`SealedFile::commit`], it removes the temporary file.
+#[derive(Debug)]
+pub struct SealedFile {
+    target: PathBuf,
+    tmp: PathBuf,
+    armed: bool,
+}
+
+impl SealedFile {
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Renames the file to its target.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        self.armed = false;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for SealedFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl Write for AtomicFile {

@@ -65,7 +65,10 @@ pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
     if meta.is_dir() {
         return open_dir(path);
     }
-    if has_gguf_magic(path)? {
+    // A `.gguf` name goes to the GGUF reader even without the magic, so a damaged file gets
+    // the reader's precise "not a GGUF file (magic ...)" rather than "unknown format".
+    let is_gguf_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if is_gguf_name || has_gguf_magic(path)? {
         return Ok(Checkpoint::Gguf { path: path.to_path_buf(), file: GgufFile::open(path)? });
     }
     let is_st = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));

@@ -18,6 +18,7 @@ pub mod dtype;
 pub mod error;
 pub mod gguf;
 pub mod mmap;
+pub mod naming;
 pub mod safetensors;
 pub mod tensor;
 
@@ -26,3 +27,39 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gguf::GgmlType;
 pub use tensor::{ContainerFormat, PlannedTensor, TensorDType, TensorInfo, TensorRef, TensorSink, TensorSource};
+
+/// Byte-level entry points of the parsers, for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use crate::tensor::TensorInfo;
+
+    /// A safetensors file given as bytes: its tensors with absolute offsets.
+    pub fn safetensors(bytes: &[u8]) -> Result<Vec<TensorInfo>, crate::Error> {
+        let header = crate::safetensors::header::parse(Path::new("<fuzz>"), bytes)?;
+        let start = header.data_start();
+        Ok(header
+            .tensors
+            .into_iter()
+            .map(|t| TensorInfo {
+                name: t.name,
+                dtype: crate::TensorDType::St(t.dtype),
+                shape: t.shape,
+                file: 0,
+                offset: start + t.begin,
+                nbytes: t.end - t.begin,
+            })
+            .collect())
+    }
+
+    /// A GGUF file given as bytes: its tensors with absolute offsets.
+    pub fn gguf(bytes: &[u8]) -> Result<Vec<TensorInfo>, crate::Error> {
+        Ok(crate::gguf::reader::parse(Path::new("<fuzz>"), bytes)?.tensors)
+    }
+
+    /// A `model.safetensors.index.json` given as bytes: its weight map.
+    pub fn index_json(bytes: &[u8]) -> Result<usize, crate::Error> {
+        Ok(crate::safetensors::index::parse_index(Path::new("<fuzz>"), bytes)?.0.len())
+    }
+}

@@ -2,3 +2,5 @@
 //! probe that finds (or fails to find) a driver, NVRTC and a GPU without ever panicking.
 
 pub mod probe;
+
+pub use probe::{probe, GpuDevice, GpuProbe};

@@ -4,6 +4,11 @@
 //! can both quantize and dequantize, so `diff`, `verify` and `inspect --stats` can decode any
 //! tensor qtool knows back to `f32`.
 
+pub mod convert;
 pub mod decode;
+pub mod diff;
+pub mod float;
 pub mod gguf;
+pub mod int;
+pub mod recipe;
 pub mod stats;

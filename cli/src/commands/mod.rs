@@ -1,0 +1,6 @@
+//! One module per subcommand; each takes its parsed arguments and the output settings and
+//! returns the exit code (errors become `error:` lines in `main`).
+
+pub mod gpu_info;
+pub mod inspect;
+pub mod stats;

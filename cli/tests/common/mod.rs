@@ -1,0 +1,111 @@
+//! Helpers shared by the CLI tests: running the built binary and writing malformed inputs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn qtool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qtool"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    qtool().args(args).output().expect("running qtool")
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join(rel)
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).expect("stderr is UTF-8")
+}
+
+/// Runs `qtool inspect PATH` and asserts the bad-input contract: exit 2, nothing on stdout,
+/// exactly one stderr line, starting with `error:`, naming the file and every `mentions`
+/// (tensor names, keys), and no panic. Returns the error line.
+pub fn assert_inspect_fails(path: &Path, mentions: &[&str]) -> String {
+    let out = run(&["inspect", path.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(&out));
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected exactly one stderr line, got: {err:?}");
+    let line = lines[0];
+    assert!(line.starts_with("error: "), "{line}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(line.contains(name), "error does not name the file {name}: {line}");
+    for m in mentions {
+        assert!(line.contains(m), "error does not mention '{m}': {line}");
+    }
+    println!("{line}");
+    line.to_string()
+}
+
+/// A safetensors file: little-endian header length, header, data.
+pub fn safetensors_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Builds GGUF files byte by byte, including ones no writer would produce.
+#[derive(Default)]
+pub struct GgufBuilder {
+    pub bytes: Vec<u8>,
+}
+
+impl GgufBuilder {
+    /// Magic, version, tensor count and KV count.
+    pub fn header(magic: &[u8; 4], version: u32, n_tensors: u64, n_kv: u64) -> Self {
+        let mut b = GgufBuilder::default();
+        b.bytes.extend_from_slice(magic);
+        b.u32(version).u64(n_tensors).u64(n_kv);
+        b
+    }
+
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn string(&mut self, s: &str) -> &mut Self {
+        self.u64(s.len() as u64);
+        self.bytes.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    /// A `UINT32` KV.
+    pub fn kv_u32(&mut self, key: &str, v: u32) -> &mut Self {
+        self.string(key).u32(4).u32(v)
+    }
+
+    /// A tensor info: name, dims (ne[0] first), ggml type id, data-relative offset.
+    pub fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32, offset: u64) -> &mut Self {
+        self.string(name).u32(dims.len() as u32);
+        for &d in dims {
+            self.u64(d);
+        }
+        self.u32(ggml_type).u64(offset)
+    }
+
+    /// Zero padding to the default 32-byte alignment, then `n` bytes of data.
+    pub fn data(&mut self, n: usize) -> &mut Self {
+        while self.bytes.len() % 32 != 0 {
+            self.bytes.push(0);
+        }
+        self.bytes.extend(std::iter::repeat_n(0u8, n));
+        self
+    }
+}

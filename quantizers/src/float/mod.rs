@@ -1,0 +1,272 @@
+//! Floating-point microformats and the scaled schemes built on them: FP8 (E4M3/E5M2) with
+//! per-tensor, per-channel and 128×128 block scales; NVFP4 (E2M1 in 16-element blocks with E4M3
+//! block scales and an FP32 tensor scale); MXFP4 and MXFP8 (32-element blocks, E8M0 scales).
+//! CPU reference implementations of the quantization schemes qtool reads and writes.
+//!
+//! Everything here is pure computation over slices: no files, no printing, no GPU. Each scheme
+//! can both quantize and dequantize, so `diff`, `verify` and `inspect --stats` can decode any
+//! tensor qtool knows back to `f32`.
+//!
+//! # Why there are several functions per scheme
+//!
+//! The producers that write these formats (ComfyUI/comfy-kitchen, compressed-tensors, ModelOpt,
+//! ggml) agree on the storage types but not on the arithmetic that picks the scales: where a
+//! reciprocal is taken, in which dtype a division is rounded, what a zero block gets, how a tie is
+//! broken. A checkpoint is only byte-identical to the producer's own output if every one of those
+//! steps is reproduced, so each producer's rule is a separate, named function, and the functions
+//! take a [`ComputeDType`]: torch does arithmetic on a bf16 tensor in bf16 (each operation computed
+//! in f32 and rounded to bf16), and that rounding is visible in the scales. The facts and their
+//! sources are in `/work/shared/formats.md` (§1.1–1.3, §2.1–2.5, §5); each function cites the
+//! section it implements.
+//!
+//! # Non-finite input
+//!
+//! A NaN or ±inf weight has no meaningful quantized value, and every producer silently turns it
+//! into garbage (an amax of NaN poisons the whole tensor's scale). So by default every quantizer
+//! returns [`FloatError::NonFinite`] naming the first bad element. With
+//! [`Options::allow_nonfinite`] the tensor is quantized anyway under one documented policy:
+//! non-finite elements are left out of every amax (so the scales are those of the finite
+//! elements), ±inf saturates to the largest code of its sign, and NaN becomes the format's NaN
+//! code where it has one (E4M3/E5M2 data); E2M1 has none, and NaN becomes what the producer's
+//! rounding makes of it (a signed zero under the sign-bit rule, +6 under ModelOpt's
+//! `searchsorted`; see [`e2m1`]). One exception: where the producer writes a block whose
+//! finite elements are all zero as zeros whole (ComfyUI NVFP4, MXFP8), an inf in it becomes 0.
+
+pub mod e2m1;
+pub mod e8m0;
+mod error;
+pub mod fp8_scaled;
+pub mod mx;
+pub mod nvfp4;
+pub mod swizzle;
+
+use std::borrow::Cow;
+
+use half::{bf16, f16};
+
+pub use error::FloatError;
+pub use qtool_formats::codec::Fp8Format;
+
+/// The dtype in which a producer does its tensor arithmetic: the dtype of the weight it was
+/// handed. Every intermediate that torch would hold in that dtype is rounded to it (nearest-even).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ComputeDType {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl ComputeDType {
+    /// Rounds an `f32` to this dtype and widens it back (exact for F32).
+    ///
+    /// For F16/BF16 this is what torch does with the f32 result of every elementwise operation
+    /// on a half tensor (the operation is computed in f32, then rounded once).
+    #[inline]
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            ComputeDType::F32 => x,
+            ComputeDType::F16 => f16::from_f32(x).to_f32(),
+            ComputeDType::BF16 => bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Machine epsilon (`torch.finfo(dtype).eps`): what compressed-tensors puts in place of a
+    /// zero scale.
+    pub const fn eps(self) -> f32 {
+        match self {
+            ComputeDType::F32 => f32::EPSILON,
+            ComputeDType::F16 => 0.000_976_562_5,
+            ComputeDType::BF16 => 0.007_812_5,
+        }
+    }
+
+    /// Smallest positive normal (`torch.finfo(dtype).tiny`).
+    pub const fn tiny(self) -> f32 {
+        match self {
+            ComputeDType::F32 => f32::MIN_POSITIVE,
+            ComputeDType::F16 => 6.103_515_6e-5,
+            ComputeDType::BF16 => f32::MIN_POSITIVE,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ComputeDType::F32 => "F32",
+            ComputeDType::F16 => "F16",
+            ComputeDType::BF16 => "BF16",
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings shared by every quantizer in this module.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The weight's own dtype; see [`ComputeDType`]. Input values are first rounded to it, which
+    /// is exact when the weight was stored in that dtype.
+    pub compute: ComputeDType,
+    /// Quantize NaN/±inf elements under the policy in the module doc instead of failing.
+    pub allow_nonfinite: bool,
+}
+
+/// A row-major `[rows, cols]` matrix of `f32` borrowed from the caller: `rows` is N (output
+/// features), `cols` is K (the axis every block runs along).
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, FloatError> {
+        match rows.checked_mul(cols) {
+            Some(n) if n == data.len() => Ok(Matrix { data, rows, cols }),
+            expected => Err(FloatError::Shape { rows, cols, expected, got: data.len() }),
+        }
+    }
+
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Applies the non-finite policy and rounds the values to the compute dtype.
+///
+/// Fails on the first NaN/inf unless allowed, and on a finite value that the compute dtype
+/// cannot hold (an f32 beyond 65504 claimed to be an F16 weight): rounding it would invent an
+/// infinity the producer never saw.
+fn prepare<'a>(m: &Matrix<'a>, opts: &Options) -> Result<Cow<'a, [f32]>, FloatError> {
+    let cols = m.cols.max(1);
+    if !opts.allow_nonfinite {
+        if let Some(index) = m.data.iter().position(|x| !x.is_finite()) {
+            let value = m.data[index];
+            return Err(FloatError::NonFinite {
+                index,
+                row: index / cols,
+                col: index % cols,
+                value,
+            });
+        }
+    }
+    if opts.compute == ComputeDType::F32 {
+        return Ok(Cow::Borrowed(m.data));
+    }
+    let mut out = Vec::with_capacity(m.data.len());
+    for (index, &x) in m.data.iter().enumerate() {
+        let r = opts.compute.round(x);
+        if x.is_finite() && !r.is_finite() {
+            return Err(FloatError::OutOfRange {
+                index,
+                row: index / cols,
+                col: index % cols,
+                value: x,
+                dtype: opts.compute,
+            });
+        }
+        out.push(r);
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Largest finite magnitude, ignoring NaN and ±inf (see the non-finite policy); 0 for none.
+fn finite_amax(xs: impl IntoIterator<Item = f32>) -> f32 {
+    xs.into_iter().filter(|x| x.is_finite()).fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// `x.clamp(-max, max)` that lets NaN through, as `torch.clamp` does.
+#[inline]
+fn clamp_sym(x: f32, max: f32) -> f32 {
+    if x > max {
+        max
+    } else if x < -max {
+        -max
+    } else {
+        x
+    }
+}
+
+fn cdiv(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+fn roundup(a: usize, m: usize) -> usize {
+    a.div_ceil(m) * m
+}
+
+/// `log2` of an `f32`, rounded once to `f32` — what a correctly rounded `log2f` (glibc, torch's
+/// CPU kernels on the values that matter here) returns. Exact for powers of two. The rounding is
+/// visible: for `x` a few ulps away from `2^k` (|k| ≥ 4) the result is exactly `k`, which moves
+/// a `floor`/`ceil` taken on it; the MX rules below inherit that from their producers.
+fn log2_f32(x: f32) -> f32 {
+    (x as f64).log2() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_rejects_wrong_length_and_overflowing_shape() {
+        let d = [0.0f32; 6];
+        assert!(Matrix::new(&d, 2, 3).is_ok());
+        assert_eq!(
+            Matrix::new(&d, 4, 2).unwrap_err(),
+            FloatError::Shape { rows: 4, cols: 2, expected: Some(8), got: 6 }
+        );
+        assert!(matches!(
+            Matrix::new(&d, usize::MAX, 2),
+            Err(FloatError::Shape { expected: None, .. })
+        ));
+    }
+
+    #[test]
+    fn prepare_names_the_first_nonfinite_element() {
+        let d = [1.0, 2.0, 3.0, f32::INFINITY, f32::NAN, 0.0];
+        let m = Matrix::new(&d, 2, 3).unwrap();
+        let err = prepare(&m, &Options::default()).unwrap_err();
+        assert!(matches!(err, FloatError::NonFinite { index: 3, row: 1, col: 0, .. }), "{err}");
+        let ok = prepare(&m, &Options { allow_nonfinite: true, ..Default::default() }).unwrap();
+        assert_eq!(ok.len(), 6);
+    }
+
+    #[test]
+    fn prepare_rejects_values_the_compute_dtype_cannot_hold() {
+        let d = [1.0, 70000.0];
+        let m = Matrix::new(&d, 1, 2).unwrap();
+        let opts = Options { compute: ComputeDType::F16, allow_nonfinite: false };
+        let err = prepare(&m, &opts).unwrap_err();
+        assert!(matches!(err, FloatError::OutOfRange { index: 1, .. }), "{err}");
+        let opts = Options { compute: ComputeDType::BF16, allow_nonfinite: false };
+        assert_eq!(prepare(&m, &opts).unwrap()[1], 70144.0, "bf16 rounds, it does not overflow");
+    }
+
+    #[test]
+    fn compute_round_is_nearest_even() {
+        // 1 + 2^-8 is halfway between bf16 1.0 and 1.0078125: ties to even (1.0).
+        assert_eq!(ComputeDType::BF16.round(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(ComputeDType::BF16.round(1.0 + 3.0 / 256.0), 1.015625);
+        assert_eq!(ComputeDType::F16.round(1.0 + 1.0 / 2048.0), 1.0);
+        assert_eq!(ComputeDType::F32.round(0.1), 0.1);
+    }
+
+    #[test]
+    fn finite_amax_skips_nonfinite() {
+        assert_eq!(finite_amax([1.0, -3.0, f32::NAN, f32::NEG_INFINITY]), 3.0);
+        assert_eq!(finite_amax([]), 0.0);
+    }
+}
