@@ -55,7 +55,7 @@ struct Summary {
 pub fn run(args: &InspectArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let filter = match &args.filter {
         Some(re) => Some(Regex::new(re).map_err(|e| {
-            anyhow::anyhow!("--filter: invalid regular expression '{re}': {}", first_line(&e))
+            anyhow::anyhow!("--filter: invalid regular expression '{re}': {}", regex_reason(&e))
         })?),
         None => None,
     };
@@ -225,8 +225,11 @@ fn clip(text: &str, max: usize) -> String {
     format!("{head}... ({count} chars)")
 }
 
-fn first_line(e: &impl std::fmt::Display) -> String {
-    e.to_string().lines().last().unwrap_or_default().trim().to_string()
+/// The regex crate's message is a multi-line diagram ending in `error: <reason>`; keep the reason.
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
 #[cfg(test)]

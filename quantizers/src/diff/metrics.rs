@@ -228,7 +228,10 @@ mod tests {
     fn identical_tensors_give_infinite_sqnr_and_cosine_one() {
         let w = [1.5f32, -2.0, 0.0, 7.25];
         let m = metrics(&w, &w);
-        assert_eq!((m.sqnr_db, m.cosine, m.rel_fro, m.mse, m.max_abs), (f64::INFINITY, 1.0, 0.0, 0.0, 0.0));
+        assert_eq!(
+            (m.sqnr_db, m.cosine, m.rel_fro, m.mse, m.max_abs),
+            (f64::INFINITY, 1.0, 0.0, 0.0, 0.0)
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! ```text
 //! scale = amax_g / ((q_max − q_min) / 2) = amax_g / 448   in the weight's dtype, per group g
 //! scale = eps(dtype) where scale == 0
-//! q     = clamp(W / scale, ±448).to(float8_e4m3fn)        division rounded to the weight's dtype
+//! q     = clamp(W / scale + 0, ±448).to(float8_e4m3fn)    division rounded to the weight's
+//!                                                          dtype; `+ 0` is the zero point
 //! ```
 //! with groups: the whole tensor (`tensor`, scale shape `[1]`), one per output row (`channel`,
 //! `[N, 1]`) or 2-D tiles (`block`, `[cdiv(N,br), cdiv(K,bc)]`; compressed-tensors zero-pads to
@@ -30,9 +31,11 @@
 //! `eps`. Scales are the same number, `amax/448`, in both. Dequantization is
 //! `(q · scale)` rounded to the weight's dtype in both (`q.to(dtype) * scale`).
 //!
-//! A negative zero weight stays `0x80` in both (the division/product keeps the sign;
-//! compressed-tensors adds a zero point only for asymmetric schemes — UNCONFIRMED for the
-//! symmetric case, where an added `+0` would turn it into `0x00`).
+//! Negative zero: ComfyUI keeps it (`-0.0 · r = -0.0` → `0x80`). compressed-tensors creates a
+//! zero point of zeros even for symmetric schemes (`initialize_qparams(force_zero_point=True)`,
+//! the default; the compressor drops it from the checkpoint afterwards) and `_quantize` adds it
+//! before the cast, so `-0.0 + 0 = +0.0` → `0x00`; a small negative that only rounds to zero in
+//! the cast keeps its sign (`0x80`).
 
 use qtool_formats::codec::{Fp8Format, Overflow};
 
@@ -184,7 +187,8 @@ pub fn quantize_compressed_tensors(
     for r in 0..rows {
         for c in 0..cols {
             let s = scales[granularity.scale_index(r, c, cols)];
-            let q = clamp_sym(dt.round(x[r * cols + c] / s), fmax);
+            // `scaled += zero_point` with a zero point of +0: turns −0.0 into +0.0, nothing else.
+            let q = clamp_sym(dt.round(x[r * cols + c] / s) + 0.0, fmax);
             data.push(format.encode(q, Overflow::Saturate));
         }
     }
@@ -316,12 +320,20 @@ mod tests {
 
     #[test]
     fn ct_channel_scales_per_row_and_eps_for_zero_rows() {
-        let w = [448.0f32, 1.0, 0.0, 0.0, 2.0, -896.0];
+        let w = [448.0f32, 1.0, 0.0, -0.0, 2.0, -896.0];
         let m = Matrix::new(&w, 3, 2).unwrap();
         let q = quantize_compressed_tensors(&m, Granularity::Channel, &Options::default()).unwrap();
         assert_eq!(q.scale_shape, [3, 1]);
         assert_eq!(q.scales, [1.0, f32::EPSILON, 2.0]);
-        assert_eq!(q.data, [0x7E, 0x38, 0x00, 0x00, 0x38, 0xFE]);
+        assert_eq!(q.data, [0x7E, 0x38, 0x00, 0x00, 0x38, 0xFE], "−0.0 + zero point = +0");
+        let tiny = [1.0f32, -1e-30];
+        let q = quantize_compressed_tensors(
+            &Matrix::new(&tiny, 1, 2).unwrap(),
+            Granularity::Tensor,
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(q.data[1], 0x80, "a negative that rounds to zero keeps its sign");
         let q16 = quantize_compressed_tensors(&m, Granularity::Channel, &opts(ComputeDType::BF16))
             .unwrap();
         assert_eq!(q16.scales[1], 0.0078125, "bf16 eps");

@@ -17,7 +17,9 @@
 //! take a [`ComputeDType`]: torch does arithmetic on a bf16 tensor in bf16 (each operation computed
 //! in f32 and rounded to bf16), and that rounding is visible in the scales. The facts and their
 //! sources are in `/work/shared/formats.md` (§1.1–1.3, §2.1–2.5, §5); each function cites the
-//! section it implements.
+//! section it implements. `tests/crosscheck/test_float_schemes.py` checks every scheme byte for
+//! byte against an independent numpy + ml_dtypes implementation and, where PyTorch is installed,
+//! against the producers' torch code paths run by torch itself.
 //!
 //! # Non-finite input
 //!

@@ -4,7 +4,7 @@
 //!
 //! | step | ModelOpt (§5.2) | compressed-tensors (§2.4) | ComfyUI / comfy-kitchen (§1.3.2) |
 //! |------|-----------------|---------------------------|----------------------------------|
-//! | tensor scale | `ws2 = amax/2688` (f32) | `gs = 2688/max(amax, tiny)` in the weight's dtype, non-finite → 1 | `ts = amax/2688` in the weight's dtype |
+//! | tensor scale | `ws2 = amax/2688` (f32) | `gs = (1/max(amax, tiny))·2688`, each step in the weight's dtype, non-finite → 1 | `ts = amax/2688` in the weight's dtype |
 //! | stored as | multiplier `weight_scale_2` | divisor `weight_global_scale` | multiplier `weight_scale_2` |
 //! | block scale | `bamax / (6·ws2)`, exact zero → 1.0, then E4M3 | `gs · (bamax/6 in the weight's dtype)`, clamp ±448, E4M3, zero → 0.125 (E4M3 eps) | `min((bamax/6)/ts, 448)`, E4M3 |
 //! | element | `x / (bs·ws2)` | `x / (bs/gs)`, clamp ±6 | `x / (ts·bs)`, clamp ±6; block with `ts·bs = 0` → zeros |
@@ -181,7 +181,10 @@ pub fn quantize(
             ws2
         }
         Producer::CompressedTensors => {
-            let mut gs = dt.round(FP8_FP4_MAX / amax.max(dt.tiny()));
+            // `448 * 6 / max_val_pos` is a Python scalar divided by a tensor, which torch
+            // evaluates as `max_val_pos.reciprocal() * 2688` (`Tensor.__rtruediv__`): two
+            // roundings in the weight's dtype, not one correctly rounded quotient.
+            let mut gs = dt.round(dt.round(1.0 / amax.max(dt.tiny())) * FP8_FP4_MAX);
             if !gs.is_finite() {
                 gs = 1.0;
             }

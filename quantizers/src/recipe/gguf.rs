@@ -19,7 +19,9 @@
 //!   block).
 //! * **Fallbacks** when `ne[0]` is not a whole number of blocks (`tensor_type_fallback`):
 //!   Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0, Q2_K/Q3_K→Q4_0, then F16 when even that does not divide.
-//!   Types without a fallback (Q8_0, Q4_0, ...) are an error, as in llama.cpp. Explicit
+//!   Types with no smaller block to fall back to (Q8_0, Q4_0, ..., MXFP4) go straight to F16.
+//!   (Source at 007dbbf3 throws for those instead; the llama.cpp that llama-cpp-python 0.3.36
+//!   builds, which the cross-check runs, falls back to F16, and qtool follows the build.) Explicit
 //!   `--token-embedding-type`/`--output-tensor-type` choices get no fallback (llama.cpp asserts
 //!   there); qtool reports the incompatible shape as an error instead.
 //! * **Dimensions**: ggml counts dimensions up to the last one larger than 1 (`ggml_n_dims`), so
@@ -113,8 +115,6 @@ pub enum RecipeError {
     MissingKey { key: String, expected: &'static str },
     #[error("bad --tensor-type {spec:?}: {why}")]
     BadOverride { spec: String, why: String },
-    #[error("tensor '{tensor}': ne[0] = {ne0} is not a multiple of the {ty} block size {block}, and llama.cpp defines no fallback for {ty}")]
-    NoFallback { tensor: String, ty: GgmlType, ne0: u64, block: u64 },
     #[error("tensor '{tensor}': the requested type {ty} needs ne[0] to be a multiple of {block}, but it is {ne0}")]
     IncompatibleShape { tensor: String, ty: GgmlType, ne0: u64, block: u64 },
     #[error("tensor '{tensor}': qtool cannot quantize to {ty}")]
@@ -592,12 +592,11 @@ impl State<'_> {
     }
 }
 
-/// `tensor_type_fallback`: a type whose block divides `ne0`, or an error where llama.cpp
-/// defines none.
-fn fallback(name: &str, ty: GgmlType, ne0: u64) -> Result<GgmlType, RecipeError> {
+/// `tensor_type_fallback`: a type whose block divides `ne0`, F16 as the last resort.
+fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
     use GgmlType as G;
     if ne0 % ty.block_size() == 0 {
-        return Ok(ty);
+        return ty;
     }
     let next = match ty {
         G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S | G::IQ4_XS => G::IQ4_NL,
@@ -605,16 +604,13 @@ fn fallback(name: &str, ty: GgmlType, ne0: u64) -> Result<GgmlType, RecipeError>
         G::Q4_K => G::Q5_0,
         G::Q5_K => G::Q5_1,
         G::Q6_K => G::Q8_0,
-        _ => {
-            return Err(RecipeError::NoFallback {
-                tensor: name.to_owned(),
-                ty,
-                ne0,
-                block: ty.block_size(),
-            })
-        }
+        _ => G::F16,
     };
-    Ok(if ne0 % next.block_size() == 0 { next } else { G::F16 })
+    if ne0 % next.block_size() == 0 {
+        next
+    } else {
+        G::F16
+    }
 }
 
 /// Decides every tensor's type as `llama_model_quantize` does, in its output order.
@@ -673,7 +669,7 @@ pub fn plan(
                     (ty, Choice::Rule(why))
                 }
             };
-            let ty = fallback(&t.name, wanted, ne0)?;
+            let ty = fallback(wanted, ne0);
             if ty != wanted {
                 n_fallback += 1;
             }

@@ -3,7 +3,9 @@
 //! not print; callers print these strings.
 
 use super::ftype::ggml_log_name;
-use super::gguf::{RecipePlan, TensorPlan};
+use qtool_formats::GgmlType;
+
+use super::gguf::{Choice, RecipePlan, TensorPlan};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -12,27 +14,38 @@ fn shape(ne: &[u64]) -> String {
     (0..4).map(|i| format!("{:6}", ne.get(i).copied().unwrap_or(1))).collect::<Vec<_>>().join(", ")
 }
 
-/// The fallback warnings llama.cpp prints while choosing types, one per fallback.
-pub fn fallback_lines(plan: &RecipePlan) -> Vec<String> {
-    plan.tensors
-        .iter()
-        .filter_map(|t| {
-            let wanted = t.fallback_from?;
-            let f16 = if t.to == qtool_formats::GgmlType::F16 {
+/// The lines llama.cpp prints while choosing types: applied `--tensor-type` overrides and shape
+/// fallbacks, in tensor order.
+pub fn decision_lines(plan: &RecipePlan) -> Vec<String> {
+    let default = plan.ftype.default_type();
+    let mut lines = Vec::new();
+    for t in &plan.tensors {
+        let wanted = t.fallback_from.unwrap_or(t.to);
+        if matches!(t.choice, Choice::Manual(_)) && wanted != default {
+            lines.push(format!(
+                "llama_tensor_get_type: {:<36} - applying manual override: {} -> {}",
+                t.name,
+                ggml_log_name(default),
+                ggml_log_name(wanted)
+            ));
+        }
+        if let Some(wanted) = t.fallback_from {
+            let f16 = if t.to == GgmlType::F16 {
                 "(WARNING: must use F16 due to unusual shape) "
             } else {
                 ""
             };
-            Some(format!(
+            lines.push(format!(
                 "warning: {:<36} - ncols {:6} not divisible by {:3} (required for type {:>7}) {f16}-> falling back to {:>7}",
                 t.name,
                 t.ne[0],
                 wanted.block_size(),
                 ggml_log_name(wanted),
                 ggml_log_name(t.to)
-            ))
-        })
-        .collect()
+            ));
+        }
+    }
+    lines
 }
 
 /// The per-tensor line of a dry run: `[   i/   n] name - [shape], type = from, size = ...`.
@@ -80,7 +93,7 @@ pub fn summary_lines(plan: &RecipePlan) -> Vec<String> {
 /// Everything a dry run shows, optionally with the rule behind each decision appended.
 pub fn plan_lines(plan: &RecipePlan, explain: bool) -> Vec<String> {
     let n = plan.tensors.len();
-    let mut lines = fallback_lines(plan);
+    let mut lines = decision_lines(plan);
     for (i, t) in plan.tensors.iter().enumerate() {
         let mut line = tensor_line(i, n, t);
         if explain {

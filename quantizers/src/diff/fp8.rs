@@ -1,0 +1,198 @@
+//! ComfyUI FP8 scaled layers, read back as `W ≈ fp8 · scale` (formats.md §1.1, §1.3.1).
+//!
+//! Two layouts carry the same numbers:
+//! - **current** (comfy-kitchen era and mixed-precision v1): `L.weight` F8_E4M3/F8_E5M2,
+//!   `L.weight_scale` F32 scalar, optionally `L.comfy_quant` (U8 JSON `{"format":
+//!   "float8_e4m3fn"}`) and `L.input_scale`;
+//! - **legacy** `scaled_fp8`: `L.weight` F8, `L.scale_weight` F32 scalar, optionally
+//!   `L.scale_input`, plus a file-level marker tensor `scaled_fp8` (or `<prefix>.scaled_fp8`).
+//!
+//! Both scales multiply. A scale with one element per output row (`[N]` or `[N, 1]`, as
+//! compressed-tensors' `channel` strategy writes next to an F8 weight) is accepted too; block
+//! scales need a block size from `quantization_config` and are reported as not decodable.
+//!
+//! # Why the product is taken in f32
+//! ComfyUI dequantizes as `q.to(dtype) * scale` in the layer's compute dtype (bf16 usually),
+//! and that dtype is not written in the file. The diff measures what the checkpoint *stores*,
+//! so it uses `f32(q) · f32(scale)` rounded once to f32 — the value every runtime starts from
+//! before its own compute-dtype rounding. The cross-check computes the same product in numpy.
+
+use qtool_formats::codec;
+use qtool_formats::{DType, TensorDType, TensorInfo, TensorRef};
+
+use super::error::{DiffError, Side};
+use super::registry::{
+    comfy_format, logical_shape, ClaimContext, Dequantize, LogicalTensor, SchemeDecoder,
+};
+use crate::decode;
+
+/// The ComfyUI FP8 scaled decoder (both layouts).
+#[derive(Clone, Copy, Debug)]
+pub struct ComfyFp8;
+
+/// Largest element count a marker may have (ComfyUI writes 0 or 2 elements).
+const MARKER_MAX_ELEMS: u64 = 2;
+
+fn is_fp8(info: &TensorInfo) -> Option<DType> {
+    match info.dtype {
+        TensorDType::St(d @ (DType::F8E4M3 | DType::F8E5M2)) => Some(d),
+        _ => None,
+    }
+}
+
+fn is_marker(info: &TensorInfo) -> bool {
+    (info.name == "scaled_fp8" || info.name.ends_with(".scaled_fp8"))
+        && info.numel() <= MARKER_MAX_ELEMS
+}
+
+impl SchemeDecoder for ComfyFp8 {
+    fn name(&self) -> &'static str {
+        "comfy fp8 scaled"
+    }
+
+    fn claim<'a>(&self, cx: &mut ClaimContext<'a>) -> Result<Vec<LogicalTensor<'a>>, DiffError> {
+        let markers: Vec<(usize, &'a TensorInfo)> =
+            cx.unclaimed().filter(|(_, t)| is_marker(t)).collect();
+        for (i, t) in markers {
+            cx.claim(i);
+            cx.markers.push(t.name.clone());
+        }
+        let weights: Vec<(usize, &'a TensorInfo, DType)> = cx
+            .unclaimed()
+            .filter(|(_, t)| t.name.ends_with(".weight"))
+            .filter_map(|(i, t)| is_fp8(t).map(|d| (i, t, d)))
+            .collect();
+        let mut out = Vec::new();
+        for (wi, w, dtype) in weights {
+            let layer = &w.name[..w.name.len() - ".weight".len()];
+            // A comfy_quant naming another format (mxfp8 also stores F8 data next to a
+            // `weight_scale`) is not ours.
+            if let Some((_, q)) = cx.free(&format!("{layer}.comfy_quant")) {
+                match comfy_format(cx, q).as_deref() {
+                    Some("float8_e4m3fn" | "float8_e5m2") => {}
+                    _ => continue,
+                }
+            }
+            let (scale, legacy) = match cx.free(&format!("{layer}.weight_scale")) {
+                Some(s) => (s, false),
+                None => match cx.free(&format!("{layer}.scale_weight")) {
+                    Some(s) => (s, true),
+                    None => continue,
+                },
+            };
+            cx.claim(wi);
+            cx.claim(scale.0);
+            let mut extras = Vec::new();
+            for s in ["comfy_quant", "input_scale", "scale_input"] {
+                if let Some((i, t)) = cx.free(&format!("{layer}.{s}")) {
+                    cx.claim(i);
+                    extras.push(t);
+                }
+            }
+            let shape = logical_shape(cx.source, w);
+            let view = Fp8View::new(cx, w, scale.1, dtype, &shape);
+            let base = match dtype {
+                DType::F8E5M2 => "fp8_e5m2_scaled",
+                _ => "fp8_e4m3fn_scaled",
+            };
+            let per_row = matches!(&view, Ok(v) if v.per_row);
+            let scheme = format!(
+                "{base}{}/{}",
+                if per_row { "(per-row)" } else { "" },
+                if legacy { "legacy" } else { "comfy" }
+            );
+            out.push(LogicalTensor {
+                name: w.name.clone(),
+                index: wi,
+                shape,
+                scheme,
+                parts: vec![w, scale.1],
+                extras,
+                decoder: view.map(|v| Box::new(v) as Box<dyn Dequantize + 'a>),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `fp8 · scale`, per tensor or per row.
+#[derive(Debug)]
+struct Fp8View<'a> {
+    weight: TensorRef<'a>,
+    dtype: DType,
+    side: Side,
+    scales: Vec<f32>,
+    per_row: bool,
+    /// Row length (last dimension) for per-row scales.
+    cols: u64,
+}
+
+impl<'a> Fp8View<'a> {
+    fn new(
+        cx: &ClaimContext<'a>,
+        weight: &'a TensorInfo,
+        scale: &'a TensorInfo,
+        dtype: DType,
+        shape: &[u64],
+    ) -> Result<Self, String> {
+        let weight = cx.tensor_ref(weight);
+        decode::validate(&weight).map_err(|e| e.to_string())?;
+        let s = cx.tensor_ref(scale);
+        match s.info.dtype {
+            TensorDType::St(DType::F32 | DType::BF16 | DType::F16 | DType::F64) => {}
+            other => {
+                return Err(format!(
+                    "scale '{}' has dtype {other}, expected a float type",
+                    s.info.name
+                ))
+            }
+        };
+        let rows = if shape.len() >= 2 { shape[..shape.len() - 1].iter().product() } else { 1 };
+        let cols = shape.last().copied().unwrap_or(1);
+        let n = s.info.numel();
+        let per_row = match n {
+            1 => false,
+            n if shape.len() == 2 && n == rows => true,
+            _ => {
+                return Err(format!(
+                    "scale '{}' has shape {:?}: a weight of shape {shape:?} needs 1 element (per tensor) or {rows} (per row); block scales are not decoded by diff",
+                    s.info.name, s.info.shape
+                ))
+            }
+        };
+        // `validate` tied the element count to the bytes actually mapped.
+        let scales = decode::decode_all(s).map_err(|e| e.to_string())?;
+        Ok(Fp8View { weight, dtype, side: cx.side, scales, per_row, cols })
+    }
+}
+
+impl Dequantize for Fp8View<'_> {
+    fn granule(&self) -> u64 {
+        1
+    }
+
+    fn decode(&self, start: u64, out: &mut [f32]) -> Result<(), DiffError> {
+        let (b0, b1) = (start as usize, start as usize + out.len());
+        let bytes = self.weight.data.get(b0..b1).ok_or_else(|| DiffError::Layout {
+            side: self.side,
+            tensor: self.weight.info.name.clone(),
+            msg: format!("elements {b0}..{b1} lie outside the tensor"),
+        })?;
+        codec::decode_f32(self.dtype, bytes, out).map_err(|e| DiffError::Layout {
+            side: self.side,
+            tensor: self.weight.info.name.clone(),
+            msg: e.to_string(),
+        })?;
+        if self.per_row {
+            for (k, v) in out.iter_mut().enumerate() {
+                *v *= self.scales[((start + k as u64) / self.cols) as usize];
+            }
+        } else {
+            let s = self.scales[0];
+            for v in out.iter_mut() {
+                *v *= s;
+            }
+        }
+        Ok(())
+    }
+}
