@@ -251,3 +251,75 @@ fn stats_count_nan_and_inf() {
     assert_eq!(s["absmax"], 3.0);
     assert_eq!(s["mean"], 0.0);
 }
+
+/// Writes `model.safetensors` with the given tensors (name, dtype, shape, bytes) into `dir`.
+fn write_model(dir: &std::path::Path, tensors: &[(&str, &str, &[u64], Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let begin = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let header = serde_json::Value::Object(header).to_string();
+    fs::write(dir.join("model.safetensors"), safetensors_bytes(&header, &data)).unwrap();
+}
+
+#[test]
+fn scheme_from_comfy_quant_marker_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = br#"{"format": "float8_e4m3fn"}"#.to_vec();
+    write_model(
+        dir.path(),
+        &[
+            ("blocks.0.q.weight", "F8_E4M3", &[4, 4], vec![0; 16]),
+            ("blocks.0.q.weight_scale", "F32", &[], vec![0, 0, 128, 63]),
+            ("blocks.0.q.comfy_quant", "U8", &[marker.len() as u64], marker.clone()),
+        ],
+    );
+    let v = inspect_json(&[dir.path().to_str().unwrap()]);
+    assert_eq!(v["scheme"], "comfy-quant:float8_e4m3fn");
+}
+
+#[test]
+fn scheme_from_config_and_side_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(
+        dir.path(),
+        &[
+            ("l.weight_packed", "I32", &[4, 1], vec![0; 16]),
+            ("l.weight_scale", "BF16", &[4, 1], vec![0; 8]),
+        ],
+    );
+    let path = dir.path().to_str().unwrap().to_string();
+    assert_eq!(inspect_json(&[&path])["scheme"], Value::Null, "integer weights, no marker");
+
+    fs::write(
+        dir.path().join("config.json"),
+        r#"{"quantization_config": {"quant_method": "compressed-tensors", "format": "pack-quantized"}}"#,
+    )
+    .unwrap();
+    assert_eq!(inspect_json(&[&path])["scheme"], "compressed-tensors:pack-quantized");
+    // The file path form finds the same config next to the weights.
+    let file = dir.path().join("model.safetensors");
+    assert_eq!(
+        inspect_json(&[file.to_str().unwrap()])["scheme"],
+        "compressed-tensors:pack-quantized"
+    );
+
+    fs::write(
+        dir.path().join("hf_quant_config.json"),
+        r#"{"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4"}}"#,
+    )
+    .unwrap();
+    assert_eq!(inspect_json(&[&path])["scheme"], "modelopt:NVFP4");
+
+    fs::write(dir.path().join("hf_quant_config.json"), "{ not json").unwrap();
+    let out = run(&["inspect", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: ") && err.contains("hf_quant_config.json"), "{err}");
+}

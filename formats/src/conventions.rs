@@ -215,10 +215,16 @@ pub fn detect(ev: &SchemeEvidence<'_>) -> Option<Scheme> {
     let any_float = ev.tensors.iter().filter_map(st_dtype).any(plain_float);
     // Integer or sub-byte *weights* without a marker are a packing qtool cannot name; integer
     // buffers such as BERT's `position_ids` are not weights and do not count.
+    // A weight is a tensor whose last name segment starts with `weight` (`weight`,
+    // `weight_packed`, ...) or is `qweight`.
+    let is_weight = |name: &str| {
+        let last = name.rsplit('.').next().unwrap_or(name);
+        last.starts_with("weight") || last == "qweight"
+    };
     let odd_weight = ev
         .tensors
         .iter()
-        .any(|t| t.name.ends_with("weight") && st_dtype(t).is_some_and(|d| !plain_float(d)));
+        .any(|t| is_weight(&t.name) && st_dtype(t).is_some_and(|d| !plain_float(d)));
     (any_float && !odd_weight).then_some(Scheme::Unquantized)
 }
 
@@ -378,6 +384,8 @@ mod tests {
         let mut ts = llama_bf16();
         ts.push(t("model.layers.0.mlp.up_proj.weight", DType::I8));
         assert_eq!(run(&ts, Map::new(), None, &[]), None);
+        let packed = vec![t("l.weight_packed", DType::I32), t("l.weight_scale", DType::BF16)];
+        assert_eq!(run(&packed, Map::new(), None, &[]), None);
         assert_eq!(run(&[], Map::new(), None, &[]), None);
     }
 

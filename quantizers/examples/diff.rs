@@ -42,7 +42,8 @@ fn parse() -> Result<Args, String> {
                 a.worst = Some(value("--worst")?.parse().map_err(|e| format!("--worst: {e}"))?)
             }
             "--threads" => {
-                a.threads = Some(value("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?)
+                a.threads =
+                    Some(value("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?)
             }
             f if f.starts_with("--") => return Err(format!("unknown option {f}")),
             _ => pos.push(x),
@@ -71,7 +72,8 @@ fn fmt(x: f64) -> String {
 }
 
 fn table(report: &DiffReport, rows: &[&DiffRow], marked: &[usize]) -> String {
-    let head = ["", "tensor", "shape", "scheme", "bpw", "sqnr_db", "cosine", "rel_fro", "rmse", "max_abs"];
+    let head =
+        ["", "tensor", "shape", "scheme", "bpw", "sqnr_db", "cosine", "rel_fro", "rmse", "max_abs"];
     let mut cells: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for r in rows {
         let idx = report.rows.iter().position(|x| std::ptr::eq(x, *r)).unwrap_or(usize::MAX);
@@ -86,7 +88,9 @@ fn table(report: &DiffReport, rows: &[&DiffRow], marked: &[usize]) -> String {
             r.bits_per_weight.map_or("-".into(), |b| format!("{b:.3}")),
         ];
         match (&r.metrics, &r.reason) {
-            (Some(m), _) => line.extend([m.sqnr_db, m.cosine, m.rel_fro, m.rmse, m.max_abs].map(fmt)),
+            (Some(m), _) => {
+                line.extend([m.sqnr_db, m.cosine, m.rel_fro, m.rmse, m.max_abs].map(fmt))
+            }
             (None, Some(why)) => line.push(format!("not compared: {why}")),
             (None, None) => line.push(format!("{:?}", r.status).to_lowercase()),
         }
@@ -94,12 +98,22 @@ fn table(report: &DiffReport, rows: &[&DiffRow], marked: &[usize]) -> String {
     }
     let cols = head.len();
     let width: Vec<usize> = (0..cols)
-        .map(|c| cells.iter().filter(|l| l.len() > c && l.len() == cols).map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            cells
+                .iter()
+                .filter(|l| l.len() > c && l.len() == cols)
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in &cells {
-        let parts: Vec<String> =
-            l.iter().enumerate().map(|(c, s)| format!("{s:<w$}", w = width.get(c).copied().unwrap_or(0))).collect();
+        let parts: Vec<String> = l
+            .iter()
+            .enumerate()
+            .map(|(c, s)| format!("{s:<w$}", w = width.get(c).copied().unwrap_or(0)))
+            .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     }
@@ -137,10 +151,13 @@ fn run() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     if let Some(path) = &args.plot {
         let base = |p: &str| {
-            std::path::Path::new(p).file_name().map_or(p.to_string(), |n| n.to_string_lossy().into_owned())
+            std::path::Path::new(p)
+                .file_name()
+                .map_or(p.to_string(), |n| n.to_string_lossy().into_owned())
         };
         let title = format!("{} vs {}", base(&args.reference), base(&args.candidate));
-        std::fs::write(path, plot::sqnr_svg(&report, &title)).map_err(|e| format!("{path}: {e}"))?;
+        std::fs::write(path, plot::sqnr_svg(&report, &title))
+            .map_err(|e| format!("{path}: {e}"))?;
     }
     let rows: Vec<&DiffRow> = match args.worst {
         Some(n) => report.worst(n),

@@ -30,14 +30,16 @@ struct Args {
     opts: RecipeOptions,
 }
 
-const USAGE: &str = "usage: gguf_quantize IN.gguf OUT.gguf FTYPE [--threads N] [--dry-run] [--explain] \
+const USAGE: &str =
+    "usage: gguf_quantize IN.gguf OUT.gguf FTYPE [--threads N] [--dry-run] [--explain] \
 [--verbose] [--allow-requantize] [--pure] [--leave-output-tensor] [--output-tensor-type TYPE] \
 [--token-embedding-type TYPE] [--tensor-type REGEX=TYPE]...";
 
 fn parse_args() -> Result<Args, String> {
     let mut positional = Vec::new();
     let mut threads = None;
-    let (mut dry_run, mut explain, mut verbose, mut allow_requantize) = (false, false, false, false);
+    let (mut dry_run, mut explain, mut verbose, mut allow_requantize) =
+        (false, false, false, false);
     let mut opts = RecipeOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -45,7 +47,8 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--threads" => {
                 let v = value("--threads")?;
-                let n: usize = v.parse().map_err(|_| format!("--threads: {v:?} is not a number"))?;
+                let n: usize =
+                    v.parse().map_err(|_| format!("--threads: {v:?} is not a number"))?;
                 if n == 0 {
                     return Err("--threads must be at least 1".into());
                 }
@@ -59,12 +62,14 @@ fn parse_args() -> Result<Args, String> {
             "--leave-output-tensor" => opts.leave_output_tensor = true,
             "--output-tensor-type" => {
                 let v = value("--output-tensor-type")?;
-                opts.output_tensor_type = Some(parse_target_type(&v).map_err(|e| format!("--output-tensor-type: {e}"))?);
+                opts.output_tensor_type =
+                    Some(parse_target_type(&v).map_err(|e| format!("--output-tensor-type: {e}"))?);
             }
             "--token-embedding-type" => {
                 let v = value("--token-embedding-type")?;
-                opts.token_embedding_type =
-                    Some(parse_target_type(&v).map_err(|e| format!("--token-embedding-type: {e}"))?);
+                opts.token_embedding_type = Some(
+                    parse_target_type(&v).map_err(|e| format!("--token-embedding-type: {e}"))?,
+                );
             }
             "--tensor-type" => {
                 let v = value("--tensor-type")?;
@@ -75,7 +80,8 @@ fn parse_args() -> Result<Args, String> {
             _ => positional.push(arg),
         }
     }
-    let [input, output, ftype] = <[String; 3]>::try_from(positional).map_err(|_| USAGE.to_string())?;
+    let [input, output, ftype] =
+        <[String; 3]>::try_from(positional).map_err(|_| USAGE.to_string())?;
     let ftype = FileType::from_name(&ftype).map_err(|e| e.to_string())?;
     Ok(Args {
         input: input.into(),
@@ -115,8 +121,10 @@ fn run(args: Args) -> Result<(), String> {
             eprintln!("{}", log::tensor_line(i, n, t));
         }
     };
-    pool.install(|| recipe::requantize_to_path(&file, &plan, args.allow_requantize, &args.output, &mut progress))
-        .map_err(|e| e.to_string())?;
+    pool.install(|| {
+        recipe::requantize_to_path(&file, &plan, args.allow_requantize, &args.output, &mut progress)
+    })
+    .map_err(|e| e.to_string())?;
     for line in log::summary_lines(&plan.recipe) {
         eprintln!("{line}");
     }

@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod decode;
 pub mod diff;
+pub mod export;
 pub mod float;
 pub mod gguf;
 pub mod int;

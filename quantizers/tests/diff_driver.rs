@@ -96,7 +96,7 @@ fn per_row_fp8_scales_multiply_each_row() {
         .raw("l.weight_scale", TensorDType::St(DType::F32), &[rows, 1], &sb)
         .build();
     let rep = run(&r, &c).unwrap();
-    assert_eq!(rep.rows[0].scheme.as_deref(), Some("fp8_e4m3fn_scaled(per-row)/comfy"));
+    assert_eq!(rep.rows[0].scheme.as_deref(), Some("fp8_e4m3fn_scaled(per-row)/weight_scale"));
     let (mse, ..) = reference_metrics(&w, &deq);
     assert!(close(rep.rows[0].metrics.unwrap().mse, mse, 1e-12));
 }
@@ -112,34 +112,38 @@ fn fp8_scale_of_wrong_size_is_reported_not_compared() {
     assert_eq!(rep.rows.len(), 1);
     assert_eq!(rep.rows[0].status, RowStatus::NotCompared);
     let why = rep.rows[0].reason.as_deref().unwrap();
-    assert!(why.starts_with("CAND:") && why.contains("l.weight_scale") && why.contains("[3]"), "{why}");
+    assert!(
+        why.starts_with("CAND:") && why.contains("l.weight_scale") && why.contains("[3]"),
+        "{why}"
+    );
     assert_eq!(rep.summary.not_compared, 1);
 }
 
 #[test]
 fn pending_comfy_formats_are_claimed_whole_and_not_compared() {
-    let json = br#"{"format": "nvfp4"}"#;
-    let r = Builder::safetensors().f32("l.weight", &[16, 32], &values(512, 6)).build();
+    let json = br#"{"format": "mxfp8"}"#;
+    let r = Builder::safetensors().f32("l.weight", &[32, 32], &values(1024, 6)).build();
     let c = Builder::safetensors()
-        .raw("l.weight", TensorDType::St(DType::U8), &[16, 16], &[0; 256])
-        .raw("l.weight_scale", TensorDType::St(DType::F8E4M3), &[128, 4], &[0; 512])
-        .f32("l.weight_scale_2", &[], &[1.0])
+        .raw("l.weight", TensorDType::St(DType::F8E4M3), &[32, 32], &[0; 1024])
+        .raw("l.weight_scale", TensorDType::St(DType::U8), &[128, 4], &[0; 512])
         .raw("l.comfy_quant", TensorDType::St(DType::U8), &[json.len() as u64], json)
         .build();
     let rep = run(&r, &c).unwrap();
     assert_eq!(rep.rows.len(), 1, "{:#?}", rep.rows);
     let row = &rep.rows[0];
     assert_eq!(row.status, RowStatus::NotCompared);
-    assert_eq!(row.scheme.as_deref(), Some("nvfp4/comfy"));
-    assert!(row.reason.as_deref().unwrap().contains("nvfp4"));
-    assert_eq!(row.cand_bytes, Some(256 + 512 + 4));
+    assert_eq!(row.scheme.as_deref(), Some("mxfp8/comfy"), "not taken for FP8 scaled");
+    assert!(row.reason.as_deref().unwrap().contains("mxfp8"));
+    assert_eq!(row.cand_bytes, Some(1024 + 512));
 }
 
 #[test]
 fn tensors_on_one_side_are_listed() {
     let w = values(8, 7);
-    let r = Builder::safetensors().f32("a.weight", &[8], &w).f32("only_ref.weight", &[8], &w).build();
-    let c = Builder::safetensors().f32("a.weight", &[8], &w).f32("only_cand.weight", &[8], &w).build();
+    let r =
+        Builder::safetensors().f32("a.weight", &[8], &w).f32("only_ref.weight", &[8], &w).build();
+    let c =
+        Builder::safetensors().f32("a.weight", &[8], &w).f32("only_cand.weight", &[8], &w).build();
     let rep = run(&r, &c).unwrap();
     let st: Vec<(&str, RowStatus)> = rep.rows.iter().map(|r| (r.name.as_str(), r.status)).collect();
     assert_eq!(
@@ -160,7 +164,10 @@ fn shape_mismatch_is_an_error_naming_the_tensor() {
     let err = run(&r, &c).unwrap_err();
     assert!(matches!(err, DiffError::ShapeMismatch { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("'l.weight'") && msg.contains("[2, 4]") && msg.contains("[4, 2]"), "{msg}");
+    assert!(
+        msg.contains("'l.weight'") && msg.contains("[2, 4]") && msg.contains("[4, 2]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -210,8 +217,16 @@ fn gguf_q_and_k_rows_are_unpermuted_with_head_counts() {
         .f32("model.layers.0.self_attn.k_proj.weight", &[(n_kv * hd) as u64, cols as u64], &wk)
         .build();
     let c = Builder::gguf()
-        .f32("blk.0.attn_q.weight", &[cols as u64, (n_head * hd) as u64], &permute_like_llama_cpp(&wq, n_head * hd, cols, n_head))
-        .f32("blk.0.attn_k.weight", &[cols as u64, (n_kv * hd) as u64], &permute_like_llama_cpp(&wk, n_kv * hd, cols, n_kv))
+        .f32(
+            "blk.0.attn_q.weight",
+            &[cols as u64, (n_head * hd) as u64],
+            &permute_like_llama_cpp(&wq, n_head * hd, cols, n_head),
+        )
+        .f32(
+            "blk.0.attn_k.weight",
+            &[cols as u64, (n_kv * hd) as u64],
+            &permute_like_llama_cpp(&wk, n_kv * hd, cols, n_kv),
+        )
         .build();
     let heads = QkHeads { n_head, n_head_kv: n_kv, permute: true };
     let ri = Input { source: &r, heads: None };
@@ -282,7 +297,8 @@ trait Bits {
 }
 impl Bits for qtool_quantizers::diff::Metrics {
     fn sum_bits(&self) -> [u64; 6] {
-        [self.mse, self.rmse, self.max_abs, self.rel_fro, self.sqnr_db, self.cosine].map(f64::to_bits)
+        [self.mse, self.rmse, self.max_abs, self.rel_fro, self.sqnr_db, self.cosine]
+            .map(f64::to_bits)
     }
 }
 
@@ -305,7 +321,9 @@ fn nan_in_candidate_gives_nan_metrics_and_counts() {
 #[test]
 fn filter_keeps_matching_tensors_and_worst_sorts_by_sqnr() {
     let w = values(256, 14);
-    let noisy = |amp: f32| -> Vec<f32> { w.iter().enumerate().map(|(i, x)| x + amp * ((i % 5) as f32 - 2.0)).collect() };
+    let noisy = |amp: f32| -> Vec<f32> {
+        w.iter().enumerate().map(|(i, x)| x + amp * ((i % 5) as f32 - 2.0)).collect()
+    };
     let r = Builder::safetensors()
         .f32("model.layers.0.mlp.up_proj.weight", &[256], &w)
         .f32("model.layers.1.mlp.up_proj.weight", &[256], &w)
@@ -328,7 +346,10 @@ fn filter_keeps_matching_tensors_and_worst_sorts_by_sqnr() {
         ]
     );
     let worst: Vec<&str> = rep.worst(2).iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(worst, ["model.layers.1.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"]);
+    assert_eq!(
+        worst,
+        ["model.layers.1.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"]
+    );
     assert_eq!(rep.summary.worst_tensor.as_deref(), Some("model.layers.1.mlp.up_proj.weight"));
     let opts = DiffOptions { filter: Some(regex::Regex::new("up_proj").unwrap()) };
     let rep = diff(&Input::new(&r), &Input::new(&c), &Registry::standard(), &opts, None).unwrap();
@@ -340,13 +361,32 @@ fn filter_keeps_matching_tensors_and_worst_sorts_by_sqnr() {
 fn progress_reports_every_element_once() {
     let n = DIFF_CHUNK as usize + 100;
     let w = values(n, 15);
-    let r = Builder::safetensors().f32("a.weight", &[n as u64], &w).f32("b.weight", &[3], &w[..3]).build();
+    let r = Builder::safetensors()
+        .f32("a.weight", &[n as u64], &w)
+        .f32("b.weight", &[3], &w[..3])
+        .build();
     let total = std::sync::atomic::AtomicU64::new(0);
     let cb = |k: u64| {
         total.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
     };
-    diff(&Input::new(&r), &Input::new(&r), &Registry::standard(), &DiffOptions::default(), Some(&cb)).unwrap();
+    diff(
+        &Input::new(&r),
+        &Input::new(&r),
+        &Registry::standard(),
+        &DiffOptions::default(),
+        Some(&cb),
+    )
+    .unwrap();
     assert_eq!(total.into_inner(), n as u64 + 3);
+    let plan = qtool_quantizers::diff::plan(
+        &Input::new(&r),
+        &Input::new(&r),
+        &Registry::standard(),
+        &DiffOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.total_elements(), n as u64 + 3);
+    assert!(plan.rows().iter().all(|row| row.metrics.is_none()), "nothing is read before run");
 }
 
 #[test]
@@ -358,7 +398,19 @@ fn json_report_has_the_contract_fields() {
     let v = serde_json::to_value(&rep).unwrap();
     assert_eq!(v["schema_version"], 1);
     let row = &v["rows"][0];
-    for k in ["name", "status", "shape", "mse", "rmse", "max_abs", "rel_fro", "sqnr_db", "cosine", "bits_per_weight", "scheme"] {
+    for k in [
+        "name",
+        "status",
+        "shape",
+        "mse",
+        "rmse",
+        "max_abs",
+        "rel_fro",
+        "sqnr_db",
+        "cosine",
+        "bits_per_weight",
+        "scheme",
+    ] {
         assert!(row.get(k).is_some(), "missing {k} in {row}");
     }
     assert_eq!(row["scheme"], "BF16");
@@ -369,4 +421,150 @@ fn json_report_has_the_contract_fields() {
     assert_eq!(v["summary"]["size_ratio"], 0.5);
     let back: qtool_quantizers::diff::DiffReport = serde_json::from_value(v).unwrap();
     assert_eq!(back.rows[0].metrics, rep.rows[0].metrics);
+}
+
+#[test]
+fn comfy_float8_layer_without_its_scale_is_not_compared_with_the_reason() {
+    let json = br#"{"format": "float8_e4m3fn"}"#;
+    let r = Builder::safetensors().f32("l.weight", &[4, 8], &values(32, 17)).build();
+    let c = Builder::safetensors()
+        .raw("l.weight", TensorDType::St(DType::F8E4M3), &[4, 8], &[0x38; 32])
+        .raw("l.comfy_quant", TensorDType::St(DType::U8), &[json.len() as u64], json)
+        .build();
+    let rep = run(&r, &c).unwrap();
+    assert_eq!(rep.rows.len(), 1);
+    assert_eq!(rep.rows[0].status, RowStatus::NotCompared);
+    let why = rep.rows[0].reason.as_deref().unwrap();
+    assert!(why.contains("'l.weight_scale'"), "{why}");
+}
+
+#[test]
+fn unreadable_comfy_quant_json_is_named_in_the_scheme() {
+    let junk = b"{not json";
+    let r = Builder::safetensors().f32("l.weight", &[4, 8], &values(32, 18)).build();
+    let c = Builder::safetensors()
+        .raw("l.weight", TensorDType::St(DType::U8), &[4, 8], &[0; 32])
+        .f32("l.weight_scale", &[], &[1.0])
+        .raw("l.comfy_quant", TensorDType::St(DType::U8), &[junk.len() as u64], junk)
+        .build();
+    let rep = run(&r, &c).unwrap();
+    assert_eq!(rep.rows.len(), 1);
+    assert_eq!(rep.rows[0].scheme.as_deref(), Some("unreadable comfy_quant/comfy"));
+    assert_eq!(rep.rows[0].status, RowStatus::NotCompared);
+}
+
+#[test]
+fn fp8_scale_with_integer_dtype_is_not_compared() {
+    let r = Builder::safetensors().f32("l.weight", &[4, 8], &values(32, 19)).build();
+    let c = Builder::safetensors()
+        .raw("l.weight", TensorDType::St(DType::F8E4M3), &[4, 8], &[0x38; 32])
+        .raw("l.weight_scale", TensorDType::St(DType::I32), &[], &1i32.to_le_bytes())
+        .build();
+    let rep = run(&r, &c).unwrap();
+    let why = rep.rows[0].reason.as_deref().unwrap();
+    assert!(why.contains("I32") && why.contains("l.weight_scale"), "{why}");
+}
+
+#[test]
+fn undecodable_dtype_is_not_compared_naming_the_dtype() {
+    let r =
+        Builder::safetensors().raw("freqs", TensorDType::St(DType::C64), &[2], &[0; 16]).build();
+    let rep = run(&r, &r).unwrap();
+    assert_eq!(rep.rows[0].status, RowStatus::NotCompared);
+    let why = rep.rows[0].reason.as_deref().unwrap();
+    assert!(why.contains("REF:") && why.contains("CAND:") && why.contains("C64"), "{why}");
+}
+
+#[test]
+fn runtime_prefix_does_not_prevent_a_match() {
+    let w = values(16, 20);
+    let r = Builder::safetensors()
+        .f32("model.diffusion_model.blocks.0.attn.q.weight", &[16], &w)
+        .build();
+    let c = Builder::safetensors().f32("blocks.0.attn.q.weight", &[16], &w).build();
+    let rep = run(&r, &c).unwrap();
+    assert_eq!(rep.rows.len(), 1);
+    assert_eq!(rep.rows[0].cand_name.as_deref(), Some("blocks.0.attn.q.weight"));
+    assert_eq!(rep.rows[0].sqnr_db(), Some(f64::INFINITY));
+}
+
+/// A scheme registered from outside: INT8 weights with one F32 scale per row in `L.scales`.
+#[derive(Debug)]
+struct Int8PerRow;
+
+#[derive(Debug)]
+struct Int8View<'a> {
+    data: &'a [u8],
+    scales: Vec<f32>,
+    cols: u64,
+}
+
+impl qtool_quantizers::diff::Dequantize for Int8View<'_> {
+    fn granule(&self) -> u64 {
+        1
+    }
+    fn decode(&self, start: u64, out: &mut [f32]) -> Result<(), DiffError> {
+        for (k, o) in out.iter_mut().enumerate() {
+            let i = start as usize + k;
+            *o = self.data[i] as i8 as f32 * self.scales[i / self.cols as usize];
+        }
+        Ok(())
+    }
+}
+
+impl qtool_quantizers::diff::SchemeDecoder for Int8PerRow {
+    fn name(&self) -> &'static str {
+        "int8 per-row"
+    }
+    fn claim<'a>(
+        &self,
+        cx: &mut qtool_quantizers::diff::registry::ClaimContext<'a>,
+    ) -> Result<Vec<qtool_quantizers::diff::LogicalTensor<'a>>, DiffError> {
+        let mut out = Vec::new();
+        let found: Vec<_> = cx
+            .unclaimed()
+            .filter(|(_, t)| t.dtype == TensorDType::St(DType::I8) && t.name.ends_with(".weight"))
+            .collect();
+        for (wi, w) in found {
+            let layer = w.name.trim_end_matches(".weight");
+            let Some((si, s)) = cx.free(&format!("{layer}.scales")) else { continue };
+            cx.claim(wi);
+            cx.claim(si);
+            let scales = qtool_quantizers::decode::decode_all(cx.tensor_ref(s)).unwrap();
+            let view = Int8View { data: cx.tensor_ref(w).data, scales, cols: w.shape[1] };
+            out.push(qtool_quantizers::diff::LogicalTensor {
+                name: w.name.clone(),
+                index: wi,
+                shape: w.shape.clone(),
+                scheme: "int8/per-row".into(),
+                parts: vec![w, s],
+                extras: Vec::new(),
+                decoder: Ok(Box::new(view)),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn registered_scheme_decodes_before_the_catch_all() {
+    let w: Vec<f32> = (0..8).map(|i| i as f32 - 4.0).collect();
+    let r = Builder::safetensors().f32("l.weight", &[2, 4], &w).build();
+    let q: Vec<u8> = w.iter().map(|x| (*x * 2.0) as i8 as u8).collect();
+    let c = Builder::safetensors()
+        .raw("l.weight", TensorDType::St(DType::I8), &[2, 4], &q)
+        .f32("l.scales", &[2], &[0.5, 0.5])
+        .build();
+    let registry = Registry::standard().with(Box::new(Int8PerRow));
+    let rep =
+        diff(&Input::new(&r), &Input::new(&c), &registry, &DiffOptions::default(), None).unwrap();
+    assert_eq!(rep.rows.len(), 1);
+    assert_eq!(rep.rows[0].scheme.as_deref(), Some("int8/per-row"));
+    assert_eq!(rep.rows[0].sqnr_db(), Some(f64::INFINITY));
+    assert_eq!(rep.rows[0].bits_per_weight, Some((8.0 + 8.0) * 8.0 / 8.0));
+    // Without it the I8 weight is read as plain integers and the scales are a stray tensor.
+    let rep = run(&r, &c).unwrap();
+    assert_eq!(rep.rows.len(), 2);
+    assert!(rep.rows[0].sqnr_db().unwrap().is_finite());
+    assert_eq!(rep.rows[1].status, RowStatus::OnlyCand);
 }

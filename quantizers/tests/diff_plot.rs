@@ -13,10 +13,13 @@ fn report(blocks: usize, identical_norms: bool, nan: bool) -> DiffReport {
     r = r.f32("model.embed_tokens.weight", &[64], &w);
     c = c.f32("model.embed_tokens.weight", &[64], &w);
     for b in 0..blocks {
-        for (k, role) in ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"].iter().enumerate() {
+        for (k, role) in
+            ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"].iter().enumerate()
+        {
             let name = format!("model.layers.{b}.{role}.weight");
             let amp = 1e-3 * (1 + k + b % 3) as f32;
-            let mut q: Vec<f32> = w.iter().enumerate().map(|(i, x)| x + amp * ((i % 7) as f32 - 3.0)).collect();
+            let mut q: Vec<f32> =
+                w.iter().enumerate().map(|(i, x)| x + amp * ((i % 7) as f32 - 3.0)).collect();
             if nan && b == 1 && k == 0 {
                 q[0] = f32::NAN;
             }
@@ -25,11 +28,13 @@ fn report(blocks: usize, identical_norms: bool, nan: bool) -> DiffReport {
         }
         let norm = format!("model.layers.{b}.input_layernorm.weight");
         r = r.f32(&norm, &[64], &w);
-        let q: Vec<f32> = if identical_norms { w.clone() } else { w.iter().map(|x| x * 1.01).collect() };
+        let q: Vec<f32> =
+            if identical_norms { w.clone() } else { w.iter().map(|x| x * 1.01).collect() };
         c = c.f32(&norm, &[64], &q);
     }
     let (r, c) = (r.build(), c.build());
-    diff(&Input::new(&r), &Input::new(&c), &Registry::standard(), &DiffOptions::default(), None).unwrap()
+    diff(&Input::new(&r), &Input::new(&c), &Registry::standard(), &DiffOptions::default(), None)
+        .unwrap()
 }
 
 #[test]

@@ -63,7 +63,9 @@ fn use_more_bits_tables_for_30_and_32_layers() {
 #[test]
 fn q4_k_m_uses_more_bits_for_attn_v_and_ffn_down_in_32_layers() {
     let m = llama(32, 32, 8, 0);
-    let p = plan(FileType::Q4_K_M, &m, &model(32, 4096, 11008, 1024, false), &RecipeOptions::default()).unwrap();
+    let p =
+        plan(FileType::Q4_K_M, &m, &model(32, 4096, 11008, 1024, false), &RecipeOptions::default())
+            .unwrap();
     let more = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31];
     assert_eq!(layers_with(&p, 32, "attn_v.weight", G::Q6_K), more);
     assert_eq!(layers_with(&p, 32, "ffn_down.weight", G::Q6_K), more);
@@ -85,7 +87,10 @@ fn attn_v_counter_follows_layer_order_not_file_order() {
     // n = 12: n/8 = 1, 7n/8 = 10: layers 0, 3, 6, 9, 10, 11.
     assert_eq!(layers_with(&p, 12, "attn_v.weight", G::Q6_K), [0, 3, 6, 9, 10, 11]);
     let names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).take(4).collect();
-    assert_eq!(names, ["output.weight", "output_norm.weight", "token_embd.weight", "blk.0.attn_k.weight"]);
+    assert_eq!(
+        names,
+        ["output.weight", "output_norm.weight", "token_embd.weight", "blk.0.attn_k.weight"]
+    );
     let last = p.tensors.last().unwrap();
     assert_eq!(last.name, "blk.11.ffn_up.weight");
 }
@@ -189,7 +194,10 @@ fn overrides_follow_llama_cpp_precedence() {
     let opts = RecipeOptions { token_embedding_type: Some(G::Q8_0), ..opts };
     let p = plan(FileType::Q4_K_M, &m, &tensors, &opts).unwrap();
     assert_eq!(ty(&p, "token_embd.weight"), G::Q8_0);
-    assert!(matches!(p.tensors.iter().find(|t| t.name == "token_embd.weight").unwrap().choice, Choice::TokenEmbeddingOverride));
+    assert!(matches!(
+        p.tensors.iter().find(|t| t.name == "token_embd.weight").unwrap().choice,
+        Choice::TokenEmbeddingOverride
+    ));
 
     // --pure: the default everywhere, output included, fallbacks still applied.
     let opts = RecipeOptions { pure: true, ..Default::default() };
@@ -209,8 +217,8 @@ fn manual_overrides_do_not_advance_the_attn_v_counter() {
     };
     let p = plan(FileType::Q4_K_M, &m, &tensors, &opts).unwrap();
     // The rules see 12 tensors with i = 0..11 while n_attention_wv = 16: use_more_bits(i, 16)
-    // holds for i in {0, 1, 4, 7, 10, 11}, i.e. layers 4, 5, 8, 11, 14, 15.
-    assert_eq!(layers_with(&p, 16, "attn_v.weight", G::Q6_K), [4, 5, 8, 11, 14, 15]);
+    // (n/8 = 2, 7n/8 = 14) holds for i in {0, 1, 4, 7, 10}, i.e. layers 4, 5, 8, 11, 14.
+    assert_eq!(layers_with(&p, 16, "attn_v.weight", G::Q6_K), [4, 5, 8, 11, 14]);
 }
 
 #[test]
@@ -238,9 +246,14 @@ fn seventy_b_class_bumps_attn_v() {
     let tensors = model(80, 256, 256, 256, false);
     let p = plan(FileType::Q4_K_M, &m, &tensors, &RecipeOptions::default()).unwrap();
     assert!(layers_with(&p, 80, "attn_v.weight", G::Q4_K).is_empty());
-    assert_eq!(layers_with(&p, 80, "attn_v.weight", G::Q5_K).len() + layers_with(&p, 80, "attn_v.weight", G::Q6_K).len(), 80);
+    assert_eq!(
+        layers_with(&p, 80, "attn_v.weight", G::Q5_K).len()
+            + layers_with(&p, 80, "attn_v.weight", G::Q6_K).len(),
+        80
+    );
     // Same head counts: LLaMA-65B, no bump.
-    let p = plan(FileType::Q4_K_M, &llama(80, 64, 64, 0), &tensors, &RecipeOptions::default()).unwrap();
+    let p =
+        plan(FileType::Q4_K_M, &llama(80, 64, 64, 0), &tensors, &RecipeOptions::default()).unwrap();
     assert!(!layers_with(&p, 80, "attn_v.weight", G::Q4_K).is_empty());
 }
 
@@ -265,7 +278,10 @@ fn expert_model_with_unnumbered_ffn_tensor_is_an_error() {
     let m = llama(4, 4, 4, 8);
     let tensors = vec![t("ffn_down.weight", &[256, 256])];
     let err = plan(FileType::Q4_K_M, &m, &tensors, &RecipeOptions::default()).unwrap_err();
-    assert!(matches!(err, RecipeError::NoLayer { ref tensor, .. } if tensor == "ffn_down.weight"), "{err}");
+    assert!(
+        matches!(err, RecipeError::NoLayer { ref tensor, .. } if tensor == "ffn_down.weight"),
+        "{err}"
+    );
     let tensors = vec![t("blk.9.ffn_down.weight", &[256, 256])];
     let err = plan(FileType::Q4_K_M, &m, &tensors, &RecipeOptions::default()).unwrap_err();
     assert!(matches!(err, RecipeError::BadLayer { layer: 9, n_layer: 4, .. }), "{err}");
@@ -299,7 +315,10 @@ fn explicit_output_type_that_does_not_fit_is_an_error() {
 #[test]
 fn bad_override_specs_are_errors() {
     for spec in ["attn_q", "=q8_0", "attn_q=q9_9", "attn_q=iq2_xxs", "(=q8_0"] {
-        assert!(matches!(TensorTypeOverride::parse(spec), Err(RecipeError::BadOverride { .. })), "{spec}");
+        assert!(
+            matches!(TensorTypeOverride::parse(spec), Err(RecipeError::BadOverride { .. })),
+            "{spec}"
+        );
     }
     let o = TensorTypeOverride::parse("a=b=Q8_0").unwrap();
     assert_eq!((o.pattern.as_str(), o.ty), ("a=b", G::Q8_0));
@@ -346,9 +365,14 @@ fn model_params_from_metadata() {
     let m = ModelParams::from_kvs(&kvs).unwrap();
     assert_eq!(m, llama(30, 9, 3, 0));
     let err = ModelParams::from_kvs(&kvs[..1]).unwrap_err();
-    assert!(matches!(err, RecipeError::MissingKey { ref key, .. } if key == "llama.block_count"), "{err}");
+    assert!(
+        matches!(err, RecipeError::MissingKey { ref key, .. } if key == "llama.block_count"),
+        "{err}"
+    );
     let err = ModelParams::from_kvs(&kvs[1..]).unwrap_err();
-    assert!(matches!(err, RecipeError::MissingKey { ref key, .. } if key == "general.architecture"));
+    assert!(
+        matches!(err, RecipeError::MissingKey { ref key, .. } if key == "general.architecture")
+    );
     let mut bad = kvs.clone();
     bad[1].1 = Value::String("30".into());
     assert!(matches!(ModelParams::from_kvs(&bad), Err(RecipeError::MissingKey { .. })));

@@ -304,3 +304,373 @@ def test_unknown_hf_architecture_is_refused(tmp_path, example_bin):
     assert proc.returncode == 2
     assert "'GPT2LMHeadModel'" in proc.stderr and "MistralForCausalLM" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+# --- Semantics: llama.cpp running qtool's GGUF computes what the HF model computes -------------
+
+
+def _bytes_to_unicode():
+    """GPT-2's byte -> printable character table (the ByteLevel alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return chars
+
+
+def _tiny_model(root: Path, arch: str, seed: int) -> Path:
+    """A random 2-layer model of `arch` as a Hugging Face directory (f32)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    hidden, heads, kv_heads, ffn, layers = 64, 4, 2, 96, 2
+    head_dim = 32 if arch == "qwen3" else hidden // heads  # qwen3: head_dim != hidden / heads
+    alphabet = [_bytes_to_unicode()[b] for b in range(256)]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = specials + alphabet + ["ĠĠ", "Ġt"]
+    vocab = len(tokens)
+    tied = arch != "llama"
+    cfg = {
+        "architectures": {"llama": ["LlamaForCausalLM"], "qwen2": ["Qwen2ForCausalLM"], "qwen3": ["Qwen3ForCausalLM"]}[arch],
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0 if arch == "llama" else 1000000.0,
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(vocab, hidden, scale=1.0), "model.norm.weight": 1 + w(hidden)}
+    if not tied:
+        t["lm_head.weight"] = w(vocab, hidden)
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        t[f"{p}.input_layernorm.weight"] = 1 + w(hidden)
+        t[f"{p}.post_attention_layernorm.weight"] = 1 + w(hidden)
+        t[f"{p}.self_attn.q_proj.weight"] = w(heads * head_dim, hidden)
+        t[f"{p}.self_attn.k_proj.weight"] = w(kv_heads * head_dim, hidden)
+        t[f"{p}.self_attn.v_proj.weight"] = w(kv_heads * head_dim, hidden)
+        t[f"{p}.self_attn.o_proj.weight"] = w(hidden, heads * head_dim)
+        t[f"{p}.mlp.gate_proj.weight"] = w(ffn, hidden)
+        t[f"{p}.mlp.up_proj.weight"] = w(ffn, hidden)
+        t[f"{p}.mlp.down_proj.weight"] = w(hidden, ffn)
+        if arch == "qwen2":
+            for n, rows in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
+                t[f"{p}.self_attn.{n}_proj.bias"] = w(rows * head_dim)
+        if arch == "qwen3":
+            t[f"{p}.self_attn.q_norm.weight"] = 1 + w(head_dim)
+            t[f"{p}.self_attn.k_norm.weight"] = 1 + w(head_dim)
+    d = root / f"tiny-{arch}"
+    d.mkdir()
+    save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    tok = {
+        "version": "1.0",
+        "added_tokens": [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            for i, s in enumerate(specials)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "byte_fallback": False,
+            "vocab": {s: i for i, s in enumerate(tokens)},
+            "merges": ["Ġ Ġ", "Ġ t"],
+        },
+    }
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False})
+    )
+    return d, cfg, t
+
+
+def _hf_forward(cfg, t, ids, arch):
+    """The Hugging Face modelling code's forward pass, in float64 numpy (rotate-half rope)."""
+    eps, H, KV, hd = cfg["rms_norm_eps"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    g = {k: v.astype(np.float64) for k, v in t.items()}
+
+    def rms(x, wt):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * wt
+
+    def rope(x, pos):
+        inv = cfg["rope_theta"] ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        ang = pos[:, None] * inv[None, :]
+        cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+        rot = np.concatenate([-x2, x1], -1)
+        return x * cos[:, None, :] + rot * sin[:, None, :]
+
+    T = len(ids)
+    pos = np.arange(T, dtype=np.float64)
+    x = g["model.embed_tokens.weight"][ids]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}"
+        h = rms(x, g[f"{p}.input_layernorm.weight"])
+        proj = {}
+        for n in "qkv":
+            y = h @ g[f"{p}.self_attn.{n}_proj.weight"].T
+            if f"{p}.self_attn.{n}_proj.bias" in g:
+                y = y + g[f"{p}.self_attn.{n}_proj.bias"]
+            proj[n] = y.reshape(T, -1, hd)
+        q, k, v = proj["q"], proj["k"], proj["v"]
+        if arch == "qwen3":
+            q, k = rms(q, g[f"{p}.self_attn.q_norm.weight"]), rms(k, g[f"{p}.self_attn.k_norm.weight"])
+        q, k = rope(q, pos), rope(k, pos)
+        out = np.zeros((T, H, hd))
+        mask = np.triu(np.full((T, T), -np.inf), 1)
+        for head in range(H):
+            kv = head // (H // KV)
+            s = q[:, head] @ k[:, kv].T / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            out[:, head] = (s / s.sum(-1, keepdims=True)) @ v[:, kv]
+        x = x + out.reshape(T, -1) @ g[f"{p}.self_attn.o_proj.weight"].T
+        h = rms(x, g[f"{p}.post_attention_layernorm.weight"])
+        gate = h @ g[f"{p}.mlp.gate_proj.weight"].T
+        up = h @ g[f"{p}.mlp.up_proj.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ g[f"{p}.mlp.down_proj.weight"].T
+    x = rms(x, g["model.norm.weight"])
+    head = g.get("lm_head.weight", g["model.embed_tokens.weight"])
+    return x @ head.T
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_llama_cpp_on_converted_gguf_matches_the_hf_forward_pass(tmp_path, example_bin, arch):
+    llama_cpp = _llama_cpp()
+    d, cfg, tensors = _tiny_model(tmp_path, arch, seed={"llama": 1, "qwen2": 2, "qwen3": 3}[arch])
+    out = tmp_path / f"{arch}.gguf"
+    _run(example_bin, d, out, "--fmt", "f32")
+    reader = gguf.GGUFReader(str(out))
+    assert reader.fields["general.architecture"].contents() == arch
+    names = {t.name for t in reader.tensors}
+    assert ("blk.0.attn_q.bias" in names) == (arch == "qwen2")
+    assert ("blk.0.attn_q_norm.weight" in names) == (arch == "qwen3")
+    assert ("output.weight" in names) == (arch == "llama")
+    ids = [5, 77, 3, 200, 150, 9, 42, 42, 120, 7, 250, 33]
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    llm.close()
+    want = _hf_forward(cfg, tensors, np.array(ids), arch)
+    # f32 arithmetic in llama.cpp against a float64 reference.
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max())
+    # And the model's prediction is the same token everywhere.
+    assert np.array_equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_gguf_to_hf_recovers_the_original_tensors_and_config(tmp_path, example_bin, arch):
+    from safetensors.numpy import load_file
+
+    d, cfg, tensors = _tiny_model(tmp_path, arch, seed=10)
+    g = tmp_path / f"{arch}.gguf"
+    _run(example_bin, d, g, "--fmt", "f32")
+    back = tmp_path / "back"
+    _run(example_bin, g, back)
+    got = load_file(str(back / "model.safetensors"))
+    assert set(got) == set(tensors)
+    for name, want in tensors.items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    new_cfg = json.loads((back / "config.json").read_text())
+    for key, value in cfg.items():
+        assert new_cfg[key] == value, key
+    # And converting again gives the same GGUF tensors and metadata.
+    g2 = tmp_path / f"{arch}-again.gguf"
+    _run(example_bin, back, g2, "--fmt", "f32")
+    a, b = gguf.GGUFReader(str(g)), gguf.GGUFReader(str(g2))
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors):
+        assert np.asarray(x.data).tobytes() == np.asarray(y.data).tobytes(), x.name
+    for key in a.fields:
+        if key.startswith((f"{arch}.", "tokenizer.")):
+            assert _field_values(a, key) == _field_values(b, key), key
+
+
+# --- Pre-tokenizer table: each tokenizer.json pre-tokenizer qtool maps splits text like the
+# llama.cpp pre-tokenizer it is mapped to. Checked with HF `tokenizers` (reading the
+# tokenizer.json) against llama.cpp (reading the GGUF qtool wrote from it).
+
+_LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def _byte_level(use_regex):
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
+
+
+def _split(regex):
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+
+PRE_TOKENIZERS = {
+    "gpt-2": (_byte_level(True), True, False),
+    "smollm": ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _byte_level(True)]}, False, False),
+    "starcoder": ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _byte_level(True)]}, True, False),
+    "llama-bpe": ({"type": "Sequence", "pretokenizers": [_split(_LLAMA3_RE), _byte_level(False)]}, False, True),
+    "qwen2": ({"type": "Sequence", "pretokenizers": [_split(_QWEN2_RE), _byte_level(False)]}, False, False),
+}
+
+PRE_TEXTS = [
+    "12345 and 1234567, x=42;",
+    "Hello  world\n\n  indented\n\tTAB   end  ",
+    "(abc) [ab] 'S 's 're 'VE don't I'LL",
+    "Ünïcödé 日本語 🤖 ab  \r\n\r\n xyz",
+    "ab12ab 3abab   ",
+]
+
+
+@pytest.mark.parametrize("pre", list(PRE_TOKENIZERS))
+def test_pre_tokenizer_table_matches_llama_cpp(tmp_path, example_bin, pre):
+    tokenizers = pytest.importorskip("tokenizers")
+    llama_cpp = _llama_cpp()
+    d, _, _ = _tiny_model(tmp_path, "llama", seed=4)
+    alphabet = _bytes_to_unicode()
+    sp, nl = alphabet[ord(" ")], alphabet[ord("\n")]
+    tok = json.loads((d / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    # Merges that straddle the splits the pre-tokenizers disagree on: digit runs, space and
+    # newline runs, punctuation before letters, contractions; plus a whole-word token that no
+    # merge reaches ("xyz", found only with ignore_merges).
+    pairs = [
+        ("1", "2"), ("12", "3"), ("123", "4"), ("4", "5"), (sp, sp), (sp + sp, sp), (nl, nl),
+        (sp, nl), (sp, "a"), ("a", "b"), ("(", "ab"), ("(ab", "c"), ("'", "S"), ("'", "s"),
+        ("'", "re"), ("r", "e"), (sp, "ab"), ("a", "n"), ("an", "d"), (sp, "and"),
+    ]
+    merges = []
+    for a, b in pairs:
+        for piece in (a, b, a + b):
+            vocab.setdefault(piece, len(vocab))
+        merges.append(f"{a} {b}")
+    vocab.setdefault("xyz", len(vocab))
+    tok["model"]["merges"] = merges
+    tok["model"]["ignore_merges"] = PRE_TOKENIZERS[pre][2]
+    tok["pre_tokenizer"] = PRE_TOKENIZERS[pre][0]
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    tcfg = json.loads((d / "tokenizer_config.json").read_text())
+    tcfg["clean_up_tokenization_spaces"] = PRE_TOKENIZERS[pre][1]
+    (d / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["vocab_size"] = len(vocab)
+    (d / "config.json").write_text(json.dumps(cfg))
+    # The embedding must have a row per token.
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(d / "model.safetensors"))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        t[name] = np.resize(t[name], (len(vocab), t[name].shape[1])).astype(np.float32)
+    save_file(t, str(d / "model.safetensors"))
+
+    out = tmp_path / "tok.gguf"
+    _run(example_bin, d, out, "--fmt", "f32")
+    assert gguf.GGUFReader(str(out)).fields["tokenizer.ggml.pre"].contents() == pre
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    for text in PRE_TEXTS:
+        want = hf.encode(text, add_special_tokens=False).ids
+        got = llm.tokenize(text.encode(), add_bos=False, special=False)
+        assert got == want, (pre, text)
+    llm.close()
+
+
+# --- SentencePiece-style (byte-fallback BPE) tokenizers ----------------------------------------
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A tokenizer splits text into pieces; the pieces become ids.",
+    "Llama models use a byte fallback for characters they have never seen.",
+    "Numbers like 1234 and 56789 appear in text, as do    runs of spaces.",
+    "The the the quick quick brown brown fox fox dog dog text text pieces pieces.",
+]
+
+_SPM_TEXTS = [
+    "The quick brown fox",
+    "  leading spaces and   inner   runs ",
+    "unseen: Ωmega ñandú 日本 🤖 \n new\nlines",
+    "pieces become ids 1234",
+    "",
+]
+
+
+def _spm_tokenizer_json(tokenizers):
+    from tokenizers import decoders, models, normalizers, processors, trainers
+
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tk = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens, show_progress=False)
+    tk.train_from_iterator(_CORPUS * 20, trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok = json.loads(tk.to_str())
+    # As in Llama's tokenizer.json, the byte tokens are vocabulary entries, not added tokens.
+    tok["added_tokens"] = [a for a in tok["added_tokens"] if a["content"] not in byte_tokens]
+    return tok
+
+
+def test_sentencepiece_style_tokenizer_matches_llama_cpp_both_ways(tmp_path, example_bin):
+    tokenizers = pytest.importorskip("tokenizers")
+    llama_cpp = _llama_cpp()
+    from safetensors.numpy import load_file, save_file
+
+    d, _, _ = _tiny_model(tmp_path, "llama", seed=5)
+    tok = _spm_tokenizer_json(tokenizers)
+    n = len(tok["model"]["vocab"])
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True})
+    )
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["vocab_size"] = n
+    (d / "config.json").write_text(json.dumps(cfg))
+    t = load_file(str(d / "model.safetensors"))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        t[name] = np.resize(t[name], (n, t[name].shape[1])).astype(np.float32)
+    save_file(t, str(d / "model.safetensors"))
+
+    out = tmp_path / "spm.gguf"
+    _run(example_bin, d, out, "--fmt", "f32")
+    r = gguf.GGUFReader(str(out))
+    assert r.fields["tokenizer.ggml.model"].contents() == "llama"
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    assert types[0] == 2 and types[1] == 3 and types[2] == 3  # unknown, control, control
+    assert types[3 + 0x41] == 6  # <0x41> is a byte token
+    assert r.fields["tokenizer.ggml.add_space_prefix"].contents() is True
+
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    for text in _SPM_TEXTS:
+        want = hf.encode(text, add_special_tokens=True).ids
+        got = llm.tokenize(text.encode(), add_bos=True, special=False)
+        assert got == want, text
+    # Merges are in play (not one piece per character), and unseen characters fall back to bytes.
+    assert len(llm.tokenize(b"The quick brown fox", add_bos=False)) < 8
+    assert 3 + 0xF0 in llm.tokenize("🤖".encode(), add_bos=False)
+
+    # Back to HF: the tokenizer.json qtool writes from the GGUF tokenizes like llama.cpp.
+    back = tmp_path / "back"
+    _run(example_bin, out, back)
+    hf2 = tokenizers.Tokenizer.from_file(str(back / "tokenizer.json"))
+    for text in _SPM_TEXTS:
+        want = llm.tokenize(text.encode(), add_bos=True, special=False)
+        assert hf2.encode(text, add_special_tokens=True).ids == want, text
+        assert hf2.decode(want, skip_special_tokens=True) == text
+    llm.close()

@@ -33,6 +33,8 @@ ST_DTYPES = {
     np.dtype(np.uint8): "U8",
     np.dtype(ml_dtypes.bfloat16): "BF16",
     np.dtype(ml_dtypes.float8_e4m3fn): "F8_E4M3",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
 }
 
 
@@ -205,6 +207,119 @@ def test_fp8_legacy_layout_matches_numpy(diff_bin, tmp_path):
     assert schemes == {"fp8_e4m3fn_scaled/legacy"}
 
 
+def quantize_nvfp4(w: np.ndarray, layout: str):
+    """NVFP4 written by numpy + ml_dtypes (the algorithm is only a plausible producer; what is
+    checked is how the stored bytes decode). Returns the parts and numpy's dequantization."""
+    w32 = w.astype(np.float32)
+    n, k = w32.shape
+    ts = np.float32(np.abs(w32).max() / np.float32(2688.0))
+    bamax = np.abs(w32).reshape(n, k // 16, 16).max(axis=2)
+    bs = np.clip(bamax / np.float32(6.0) / ts, 0, 448).astype(ml_dtypes.float8_e4m3fn)
+    eff = (ts * bs.astype(np.float32)).astype(np.float32)
+    eff_e = np.repeat(eff, 16, axis=1)
+    x = np.where(eff_e > 0, w32 / np.where(eff_e > 0, eff_e, 1), 0)
+    q = np.clip(x, -6, 6).astype(ml_dtypes.float4_e2m1fn)
+    codes = q.view(np.uint8) & 0x0F
+    deq = (q.astype(np.float32) * eff_e).astype(np.float32)
+    if layout == "comfy":
+        packed = (codes[:, 0::2] << 4) | codes[:, 1::2]
+        r, c = n, k // 16
+        rp, cp = -(-r // 128) * 128, -(-c // 4) * 4
+        padded = np.zeros((rp, cp), dtype=np.uint8)
+        padded[:r, :c] = bs.view(np.uint8)
+        blocks = padded.reshape(rp // 128, 128, cp // 4, 4).transpose(0, 2, 1, 3)
+        scales = blocks.reshape(-1, 4, 32, 4).transpose(0, 2, 1, 3).reshape(rp, cp)
+        scales = scales.view(ml_dtypes.float8_e4m3fn)
+    else:
+        packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        scales = bs
+    return packed.astype(np.uint8), scales, ts, deq
+
+
+@pytest.mark.parametrize("layout", ["modelopt", "comfy"])
+def test_nvfp4_layouts_match_numpy(diff_bin, tmp_path, layout):
+    src = load_bf16(TINY)
+    out, expect = {}, {}
+    for name, w in src.items():
+        if not is_linear(name):
+            out[name] = w
+            continue
+        layer = name[: -len(".weight")]
+        packed, scales, ts, deq = quantize_nvfp4(w, layout)
+        out[name] = packed
+        out[f"{layer}.weight_scale"] = scales
+        out[f"{layer}.weight_scale_2"] = np.array(ts, dtype=np.float32)
+        if layout == "comfy":
+            conf = json.dumps({"format": "nvfp4"}).encode()
+            out[f"{layer}.comfy_quant"] = np.frombuffer(conf, dtype=np.uint8)
+        expect[name] = (deq, packed.nbytes + scales.nbytes + 4)
+    cand = tmp_path / f"nvfp4_{layout}.safetensors"
+    write_safetensors(cand, out)
+    report = diff_json(diff_bin, TINY, cand)
+    check_against_numpy(report, src, expect)
+    schemes = {r["scheme"] for r in report["rows"] if r["name"] in expect}
+    assert schemes == {f"nvfp4/{layout}"}
+    q = next(r for r in report["rows"] if r["name"] == "model.layers.0.mlp.up_proj.weight")
+    assert 15 < num(q["sqnr_db"]) < 25, "NVFP4 is ~20 dB on Gaussian weights"
+
+
+def quantize_ct_int4(w: np.ndarray, group: int, asymmetric: bool):
+    """compressed-tensors pack-quantized INT4 written by numpy: codes q + 8 packed eight per
+    int32 along K (element k at bits 4·(k % 8)); zero points packed along N the same way."""
+    w32 = w.astype(np.float32)
+    n, k = w32.shape
+    g = w32.reshape(n, k // group, group)
+    if asymmetric:
+        lo, hi = np.minimum(g.min(axis=2), 0), np.maximum(g.max(axis=2), 0)
+        scale = ((hi - lo) / np.float32(15.0)).astype(np.float32)
+        scale = np.where(scale == 0, np.float32(1.0), scale)
+        zero = np.clip(np.round(-lo / scale), 0, 15).astype(np.uint32)  # unsigned zero
+    else:
+        scale = (np.abs(g).max(axis=2) / np.float32(7.5)).astype(np.float32)
+        scale = np.where(scale == 0, np.float32(1.0), scale)
+        zero = np.full(scale.shape, 8, dtype=np.uint32)
+    codes = np.clip(np.round(g / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint32)
+    deq = ((codes.astype(np.float32) - zero[..., None].astype(np.float32)) * scale[..., None])
+    codes = codes.reshape(n, k)
+    words = np.zeros((n, k // 8), dtype=np.uint32)
+    for t in range(8):
+        words |= codes[:, t::8] << np.uint32(4 * t)
+    parts = {
+        "weight_packed": words.view(np.int32),
+        "weight_scale": scale,
+        "weight_shape": np.array([n, k], dtype=np.int64),
+    }
+    if asymmetric:
+        zp = np.zeros((-(-n // 8), k // group), dtype=np.uint32)
+        for t in range(8):
+            rows = zero[t::8]
+            zp[: rows.shape[0]] |= rows << np.uint32(4 * t)
+        parts["weight_zero_point"] = zp.view(np.int32)
+    return parts, deq.reshape(n, k).astype(np.float32)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_ct_int4_matches_numpy(diff_bin, tmp_path, asymmetric):
+    src = load_bf16(TINY)
+    out, expect = {}, {}
+    for name, w in src.items():
+        if not is_linear(name):
+            out[name] = w
+            continue
+        layer = name[: -len(".weight")]
+        parts, deq = quantize_ct_int4(w, 32, asymmetric)
+        for part, arr in parts.items():
+            out[f"{layer}.{part}"] = arr
+        stored = sum(a.nbytes for p, a in parts.items() if p != "weight_shape")
+        expect[name] = (deq, stored)
+    cand = tmp_path / "w4a16.safetensors"
+    write_safetensors(cand, out)
+    report = diff_json(diff_bin, TINY, cand)
+    check_against_numpy(report, src, expect)
+    schemes = {r["scheme"] for r in report["rows"] if r["name"] in expect}
+    assert schemes == {"int4_g32/compressed-tensors"}
+
+
 def test_worst_sorts_by_numpy_sqnr(diff_bin, tmp_path):
     cand, expect = make_fp8(tmp_path, legacy=False)
     ref = load_bf16(TINY)
@@ -343,3 +458,57 @@ def test_plot_is_valid_svg_and_renders(diff_bin, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (960, 560)
+
+
+# --- the `qtool diff` subcommand (same library; checks the CLI contract around it) ---------
+
+
+@pytest.fixture(scope="session")
+def qtool_diff(run_qtool):
+    probe = run_qtool("diff", "--help", check=False)
+    if probe.returncode != 0:
+        pytest.skip("skipped: this qtool build has no `diff` subcommand")
+    return lambda *args, check=True: run_qtool("diff", *args, check=check)
+
+
+def test_cli_json_is_the_library_report(qtool_diff, diff_bin, tmp_path):
+    cand, _ = make_fp8(tmp_path, legacy=False)
+    cli = json.loads(qtool_diff(TINY, cand, "--json").stdout)
+    lib = diff_json(diff_bin, TINY, cand)
+    assert cli["reference"] == str(TINY) and cli["candidate"] == str(cand)
+    assert cli["schema_version"] == 1
+    assert cli["rows"] == lib["rows"] and cli["summary"] == lib["summary"]
+    assert "threshold" not in cli
+
+
+def test_cli_fail_below_sqnr_sets_exit_code(qtool_diff, tmp_path):
+    cand, _ = make_fp8(tmp_path, legacy=False)
+    worst = num(json.loads(qtool_diff(TINY, cand, "--json").stdout)["summary"]["worst_sqnr_db"])
+    ok = qtool_diff(TINY, cand, "--fail-below-sqnr", worst - 0.01, "--json")
+    assert json.loads(ok.stdout)["threshold"]["passed"] is True
+    bad = qtool_diff(TINY, cand, "--fail-below-sqnr", worst + 0.01, "--json", check=False)
+    assert bad.returncode == 1, bad.stderr
+    t = json.loads(bad.stdout)["threshold"]
+    assert t["passed"] is False and t["failing"] == [json.loads(ok.stdout)["summary"]["worst_tensor"]]
+    text = qtool_diff(TINY, cand, "--fail-below-sqnr", worst + 0.01, check=False)
+    assert text.returncode == 1 and "below" in text.stdout
+
+
+def test_cli_bad_input_is_exit_2_and_leaves_no_plot(qtool_diff, tmp_path):
+    plot = tmp_path / "out.svg"
+    proc = qtool_diff(TINY, FIXTURES / "tiny.gguf", "--plot", plot, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "model.embed_tokens.weight" in proc.stderr
+    assert not plot.exists()
+    proc = qtool_diff(TINY, TINY, "--filter", "(", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --filter")
+
+
+def test_cli_table_marks_worst_and_writes_plot(qtool_diff, tmp_path):
+    cand, _ = make_fp8(tmp_path, legacy=False)
+    plot = tmp_path / "sqnr.svg"
+    proc = qtool_diff(TINY, cand, "--plot", plot)
+    worst = json.loads(qtool_diff(TINY, cand, "--json").stdout)["summary"]["worst_tensor"]
+    marked = [line for line in proc.stdout.splitlines() if line.startswith("| ! ")]
+    assert len(marked) == 3 and any(worst in line for line in marked)
+    assert plot.read_text().startswith("<svg")

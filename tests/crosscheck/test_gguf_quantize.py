@@ -358,6 +358,8 @@ def test_row_lengths_without_a_block_fall_back_like_llama_cpp(ftype, odd_model, 
 OVERRIDES = {
     "tensor_types": (["--tensor-type", "attn_q=q8_0", "--tensor-type", "ffn_(up|gate)=q5_k"],
                      dict(tensor_types=[["attn_q", GGML_TYPE_IDS["Q8_0"]], ["ffn_(up|gate)", GGML_TYPE_IDS["Q5_K"]]])),
+    "attn_v_partial": (["--tensor-type", r"blk\.[0-3]\.attn_v=q8_0"],
+                       dict(tensor_types=[[r"blk\.[0-3]\.attn_v", GGML_TYPE_IDS["Q8_0"]]])),
     "output_type": (["--output-tensor-type", "q8_0"], dict(output_tensor_type=GGML_TYPE_IDS["Q8_0"])),
     "token_embd_type": (["--token-embedding-type", "q5_1"], dict(token_embedding_type=GGML_TYPE_IDS["Q5_1"])),
     "pure": (["--pure"], dict(pure=True)),

@@ -185,7 +185,7 @@ pub fn permute_rows_into(
     n_heads: usize,
     direction: Permutation,
 ) -> Result<(), PermuteError> {
-    let n_rows = if row_bytes == 0 { 0 } else { src.len() / row_bytes };
+    let n_rows = src.len().checked_div(row_bytes).unwrap_or(0);
     if row_bytes == 0 || src.len() % row_bytes != 0 || dst.len() != src.len() {
         return Err(PermuteError::Length { len: src.len(), n_rows, row_bytes });
     }

@@ -25,6 +25,7 @@
 
 pub mod hparams;
 mod outdir;
+mod spm;
 pub mod to_gguf;
 pub mod to_hf;
 pub mod tokenizer;

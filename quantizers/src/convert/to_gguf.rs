@@ -90,11 +90,12 @@ pub fn hf_to_gguf(
                 format!("no GGUF name for this tensor in the {} layout", arch.gguf),
             )
         })?;
-        if !can_decode(info.dtype) {
+        let float = matches!(info.dtype, TensorDType::St(d) if d.is_float());
+        if !float || !can_decode(info.dtype) {
             return Err(ConvertError::tensor(
                 &info_path(source, info),
                 &info.name,
-                format!("dtype {} cannot be decoded to f32", info.dtype),
+                format!("dtype {} is not a floating-point type qtool decodes; llama-family weights are float", info.dtype),
             ));
         }
         if info.shape.is_empty() || info.shape.len() > qtool_formats::gguf::MAX_DIMS as usize {

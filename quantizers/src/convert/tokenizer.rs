@@ -62,7 +62,10 @@ pub enum PreStep {
 /// A llama.cpp pre-tokenizer name and its tokenizer.json equivalent.
 #[derive(Clone, Copy, Debug)]
 pub struct PreTokenizer {
+    /// The name qtool writes.
     pub gguf: &'static str,
+    /// Other names llama.cpp reads as the same pre-tokenizer (accepted on GGUF input).
+    pub aliases: &'static [&'static str],
     pub clean_spaces: bool,
     /// llama.cpp skips merges for whole-word vocabulary hits with this pre-tokenizer
     /// (`ignore_merges`); tokenizer.json says so in the BPE model.
@@ -73,30 +76,34 @@ pub struct PreTokenizer {
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The pre-tokenizers qtool maps (llama.cpp `llm_tokenizer_bpe` regexes: `gpt2` is the GPT-2
+/// The pre-tokenizers qtool maps (llama.cpp `llm_tokenizer_bpe` regexes: `gpt-2` is the GPT-2
 /// regex alone; `starcoder`/`smollm` split every digit first, then the GPT-2 regex;
 /// `llama-bpe` and `qwen2` use their own regex and byte-level mapping without the GPT-2 regex).
 pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     PreTokenizer {
-        gguf: "gpt2",
+        gguf: "gpt-2",
+        aliases: &["phi-2"],
         clean_spaces: true,
         ignore_merges: false,
         steps: || vec![PreStep::ByteLevel { use_regex: true }],
     },
     PreTokenizer {
         gguf: "smollm",
+        aliases: &[],
         clean_spaces: false,
         ignore_merges: false,
         steps: || vec![PreStep::Digits, PreStep::ByteLevel { use_regex: true }],
     },
     PreTokenizer {
         gguf: "starcoder",
+        aliases: &[],
         clean_spaces: true,
         ignore_merges: false,
         steps: || vec![PreStep::Digits, PreStep::ByteLevel { use_regex: true }],
     },
     PreTokenizer {
         gguf: "llama-bpe",
+        aliases: &["llama3", "llama-v3"],
         clean_spaces: false,
         ignore_merges: true,
         steps: || {
@@ -105,6 +112,7 @@ pub const PRE_TOKENIZERS: &[PreTokenizer] = &[
     },
     PreTokenizer {
         gguf: "qwen2",
+        aliases: &["deepseek-r1-qwen"],
         clean_spaces: false,
         ignore_merges: false,
         steps: || vec![PreStep::Split(QWEN2_REGEX.into()), PreStep::ByteLevel { use_regex: false }],
@@ -157,6 +165,8 @@ pub struct GgufVocab {
     pub model: String,
     pub pre: Option<String>,
     pub tokens: Vec<String>,
+    /// `tokenizer.ggml.scores` (SentencePiece-style vocabularies).
+    pub scores: Option<Vec<f32>>,
     pub token_types: Vec<i32>,
     pub merges: Vec<String>,
     /// Role (`bos`, ...) → id, in [`SPECIAL_TOKENS`] order.
@@ -227,6 +237,19 @@ impl GgufVocab {
                 ),
             ));
         }
+        let scores = match file.kv("tokenizer.ggml.scores") {
+            None => None,
+            Some(Value::Array(Array::F32(v))) if v.len() == tokens.len() => Some(v.clone()),
+            Some(_) => {
+                return Err(ConvertError::invalid(
+                    path,
+                    format!(
+                        "'tokenizer.ggml.scores' is not an array of {} FLOAT32 scores",
+                        tokens.len()
+                    ),
+                ))
+            }
+        };
         let mut special_ids = Vec::new();
         for (role, key) in SPECIAL_TOKENS {
             if let Some(v) = file.kv(key) {
@@ -262,6 +285,7 @@ impl GgufVocab {
             model,
             pre: file.get_str("tokenizer.ggml.pre").map(str::to_owned),
             tokens,
+            scores,
             token_types,
             merges: strings("tokenizer.ggml.merges")?.unwrap_or_default(),
             special_ids,
@@ -291,6 +315,9 @@ impl GgufVocab {
             "tokenizer.ggml.tokens".into(),
             Value::Array(Array::String(self.tokens.clone())),
         ));
+        if let Some(scores) = &self.scores {
+            kvs.push(("tokenizer.ggml.scores".into(), Value::Array(Array::F32(scores.clone()))));
+        }
         kvs.push((
             "tokenizer.ggml.token_type".into(),
             Value::Array(Array::I32(self.token_types.clone())),
@@ -321,7 +348,7 @@ impl GgufVocab {
             return Err(ConvertError::unsupported(
                 path,
                 format!(
-                    "tokenizer model '{}' is not supported (qtool converts byte-level BPE tokenizers, tokenizer.ggml.model = \"gpt2\")",
+                    "tokenizer model '{}' is not supported (qtool converts byte-level BPE \"gpt2\" and SentencePiece-style \"llama\" tokenizers)",
                     self.model
                 ),
             ));
@@ -329,7 +356,7 @@ impl GgufVocab {
         let pre = self.pre.as_deref().ok_or_else(|| {
             ConvertError::unsupported(path, "metadata key 'tokenizer.ggml.pre' is missing; the pre-tokenizer cannot be reproduced")
         })?;
-        PRE_TOKENIZERS.iter().find(|p| p.gguf == pre).ok_or_else(|| {
+        PRE_TOKENIZERS.iter().find(|p| p.gguf == pre || p.aliases.contains(&pre)).ok_or_else(|| {
             ConvertError::unsupported(
                 path,
                 format!(
@@ -342,6 +369,9 @@ impl GgufVocab {
 
     /// `tokenizer.json` and `tokenizer_config.json` for transformers / tokenizers.
     pub fn to_hf(&self, path: &Path, model_max_length: u32) -> Result<(Json, Json)> {
+        if self.model == "llama" {
+            return super::spm::to_hf(self, path, model_max_length);
+        }
         let pre = self.pre_tokenizer(path)?;
         let mut added = Vec::new();
         let mut decoder_entries = Map::new();
@@ -443,10 +473,17 @@ impl GgufVocab {
     }
 
     fn post_processor(&self, add_bos: bool, add_eos: bool) -> Json {
+        self.template_processor(add_bos, add_eos).unwrap_or_else(|| {
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+        })
+    }
+
+    /// A `TemplateProcessing` adding BOS / EOS, or `None` when neither is added.
+    pub(crate) fn template_processor(&self, add_bos: bool, add_eos: bool) -> Option<Json> {
         let bos = self.special("bos").filter(|_| add_bos);
         let eos = self.special("eos").filter(|_| add_eos);
         if bos.is_none() && eos.is_none() {
-            return json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
+            return None;
         }
         let tok = |id: u32| json!({"SpecialToken": {"id": self.tokens[id as usize], "type_id": 0}});
         let seq = |s: &str, type_id: u32| json!({"Sequence": {"id": s, "type_id": type_id}});
@@ -474,7 +511,9 @@ impl GgufVocab {
         if let Some(e) = eos {
             pair.push(json!({"SpecialToken": {"id": self.tokens[e as usize], "type_id": 1}}));
         }
-        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
+        Some(
+            json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}),
+        )
     }
 
     /// Reads a Hugging Face tokenizer from `dir` (`tokenizer.json`, `tokenizer_config.json`,
@@ -499,46 +538,16 @@ impl GgufVocab {
                 "tokenizer model type '{model_type}' is not supported (byte-level BPE only)"
             )));
         }
-        if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
-            return Err(unsupported(
-                "BPE with byte_fallback (SentencePiece-style) tokenizers are not supported yet"
-                    .into(),
-            ));
-        }
-        if !tokenizer.get("normalizer").is_none_or(Json::is_null) {
-            return Err(unsupported(
-                "a tokenizer with a normalizer is not supported (byte-level BPE has none)".into(),
-            ));
-        }
-
-        // Pre-tokenizer → llama.cpp name.
-        let pre_json = tokenizer.get("pre_tokenizer").cloned().unwrap_or(Json::Null);
-        let raw_steps: Vec<Json> = match pre_json.get("type").and_then(Json::as_str) {
-            Some("Sequence") => {
-                pre_json.get("pretokenizers").and_then(Json::as_array).cloned().unwrap_or_default()
-            }
-            Some(_) => vec![pre_json.clone()],
-            None => Vec::new(),
-        };
-        let steps: Vec<PreStep> = raw_steps
-            .iter()
-            .map(PreStep::from_json)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|what| {
-                unsupported(format!("pre-tokenizer step {what} has no llama.cpp equivalent"))
+        let spm = model.get("byte_fallback").and_then(Json::as_bool) == Some(true);
+        let (pre, spm_prefix) = if spm {
+            let prefix = super::spm::space_prefix_of(&tokenizer).map_err(|what| {
+                unsupported(format!(
+                    "SentencePiece-style tokenizer: {what} has no llama.cpp equivalent"
+                ))
             })?;
-        let clean = tcfg.get("clean_up_tokenization_spaces").and_then(Json::as_bool);
-        let candidates: Vec<&PreTokenizer> =
-            PRE_TOKENIZERS.iter().filter(|p| (p.steps)() == steps).collect();
-        let pre = match candidates.as_slice() {
-            [] => {
-                return Err(unsupported(format!(
-                    "pre-tokenizer {pre_json} matches none of llama.cpp's known pre-tokenizers qtool maps ({})",
-                    pre_names()
-                )))
-            }
-            [one] => *one,
-            many => many.iter().copied().find(|p| Some(p.clean_spaces) == clean).unwrap_or(many[0]),
+            (None, Some(prefix))
+        } else {
+            (Some(detect_pre(&tokenizer, &tcfg).map_err(unsupported)?), None)
         };
 
         // Vocabulary, by id.
@@ -582,6 +591,7 @@ impl GgufVocab {
                 a.get("special").and_then(Json::as_bool).unwrap_or(false),
             );
         }
+        let unk_token = model.get("unk_token").and_then(Json::as_str);
         let mut toks = Vec::with_capacity(n);
         let mut types = Vec::with_capacity(n);
         for (id, t) in tokens.into_iter().enumerate() {
@@ -592,6 +602,8 @@ impl GgufVocab {
                 }
                 Some(t) => {
                     let ty = match added_by_id.get(&(id as u64)) {
+                        _ if spm && unk_token == Some(t.as_str()) => TOKEN_UNKNOWN,
+                        _ if spm && super::spm::is_byte_token(&t) => TOKEN_BYTE,
                         Some(&special) if special || looks_special(&t) => TOKEN_CONTROL,
                         Some(_) => TOKEN_USER_DEFINED,
                         None => TOKEN_NORMAL,
@@ -642,6 +654,13 @@ impl GgufVocab {
             }
         }
 
+        // SentencePiece-style: scores carry the merge order, llama.cpp reads no merges.
+        let (scores, merges) = if spm {
+            (Some(super::spm::scores_from_merges(&toks, &merges)), Vec::new())
+        } else {
+            (None, merges)
+        };
+
         let mut add_flags = Vec::new();
         for (role, _) in ADD_FLAGS {
             if let Some(b) = tcfg.get(format!("add_{role}_token")).and_then(Json::as_bool) {
@@ -689,18 +708,59 @@ impl GgufVocab {
         };
 
         Ok(GgufVocab {
-            model: "gpt2".into(),
-            pre: Some(pre.gguf.to_owned()),
+            model: if spm { "llama" } else { "gpt2" }.into(),
+            pre: pre.map(|p| p.gguf.to_owned()),
             tokens: toks,
+            scores,
             token_types: types,
             merges,
             special_ids,
             add_flags,
-            add_space_prefix: tcfg.get("add_prefix_space").and_then(Json::as_bool),
+            add_space_prefix: spm_prefix
+                .or_else(|| tcfg.get("add_prefix_space").and_then(Json::as_bool)),
             chat_template,
             named_templates,
         })
     }
+}
+
+/// The llama.cpp pre-tokenizer a byte-level tokenizer.json splits text like; `Err` says why
+/// there is none.
+fn detect_pre(tokenizer: &Json, tcfg: &Json) -> std::result::Result<&'static PreTokenizer, String> {
+    if !tokenizer.get("normalizer").is_none_or(Json::is_null) {
+        return Err(
+            "a tokenizer with a normalizer is not supported (byte-level BPE has none)".into()
+        );
+    }
+
+    // Pre-tokenizer → llama.cpp name.
+    let pre_json = tokenizer.get("pre_tokenizer").cloned().unwrap_or(Json::Null);
+    let raw_steps: Vec<Json> = match pre_json.get("type").and_then(Json::as_str) {
+        Some("Sequence") => {
+            pre_json.get("pretokenizers").and_then(Json::as_array).cloned().unwrap_or_default()
+        }
+        Some(_) => vec![pre_json.clone()],
+        None => Vec::new(),
+    };
+    let steps: Vec<PreStep> = raw_steps
+        .iter()
+        .map(PreStep::from_json)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|what| format!("pre-tokenizer step {what} has no llama.cpp equivalent"))?;
+    let clean = tcfg.get("clean_up_tokenization_spaces").and_then(Json::as_bool);
+    let candidates: Vec<&PreTokenizer> =
+        PRE_TOKENIZERS.iter().filter(|p| (p.steps)() == steps).collect();
+    let pre = match candidates.as_slice() {
+            [] => {
+                return Err(format!(
+                    "pre-tokenizer {pre_json} matches none of llama.cpp's known pre-tokenizers qtool maps ({})",
+                    pre_names()
+                ))
+            }
+            [one] => *one,
+            many => many.iter().copied().find(|p| Some(p.clean_spaces) == clean).unwrap_or(many[0]),
+        };
+    Ok(pre)
 }
 
 fn shift_spaces(s: &str) -> String {
@@ -778,6 +838,7 @@ mod tests {
             model: "gpt2".into(),
             pre: Some("smollm".into()),
             tokens,
+            scores: None,
             token_types: types,
             merges: vec!["a b".into(), "Ġ ab".into()],
             special_ids: vec![("bos", 1), ("eos", 2), ("unk", 0), ("pad", 2)],
@@ -857,9 +918,74 @@ mod tests {
         let err = v.to_hf(Path::new("m.gguf"), 8).unwrap_err().to_string();
         assert!(err.contains("deepseek-llm") && err.contains("smollm"), "{err}");
         let mut v = sample();
-        v.model = "llama".into();
+        v.model = "bert".into();
         let err = v.to_hf(Path::new("m.gguf"), 8).unwrap_err().to_string();
-        assert!(err.contains("'llama'"), "{err}");
+        assert!(err.contains("'bert'"), "{err}");
+    }
+
+    #[test]
+    fn sentencepiece_vocab_round_trips_with_its_merge_order() {
+        let tokens: Vec<String> =
+            ["<unk>", "<s>", "</s>", "<0x0A>", "▁", "a", "b", "▁a", "ab", "▁ab"]
+                .map(String::from)
+                .to_vec();
+        let v = GgufVocab {
+            model: "llama".into(),
+            tokens,
+            scores: Some(vec![0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0]),
+            token_types: vec![
+                TOKEN_UNKNOWN,
+                TOKEN_CONTROL,
+                TOKEN_CONTROL,
+                TOKEN_BYTE,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+            ],
+            special_ids: vec![("bos", 1), ("eos", 2), ("unk", 0)],
+            add_flags: vec![("bos", true)],
+            add_space_prefix: Some(true),
+            ..Default::default()
+        };
+        let (tok, cfg) = v.to_hf(Path::new("m.gguf"), 64).unwrap();
+        assert_eq!(tok["model"]["byte_fallback"], true);
+        assert_eq!(tok["model"]["unk_token"], "<unk>");
+        // Merge order follows the scores: "▁a" (-4) before "ab" (-5) before "▁ab" (-6).
+        assert_eq!(tok["model"]["merges"], json!(["▁ a", "a b", "▁ ab", "▁a b"]));
+        assert_eq!(tok["normalizer"]["normalizers"][0]["type"], "Prepend");
+        assert_eq!(tok["post_processor"]["type"], "TemplateProcessing");
+        assert_eq!(cfg["add_bos_token"], true);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_vec(&tok).unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), serde_json::to_vec(&cfg).unwrap())
+            .unwrap();
+        let back = GgufVocab::from_hf_dir(dir.path(), &json!({}), 10).unwrap();
+        assert_eq!(back.model, "llama");
+        assert_eq!(back.pre, None);
+        assert_eq!(back.tokens, v.tokens);
+        assert_eq!(back.token_types, v.token_types);
+        assert!(back.merges.is_empty(), "llama.cpp's SPM tokenizer reads scores, not merges");
+        assert_eq!(back.add_space_prefix, Some(true));
+        assert_eq!(back.add_flags, vec![("bos", true), ("eos", false)]);
+        // Re-derived scores rank the merged pieces in the same order.
+        let s = back.scores.unwrap();
+        assert!(s[7] > s[8] && s[8] > s[9], "{s:?}");
+    }
+
+    #[test]
+    fn llama_cpp_aliases_are_read_and_written_canonically() {
+        let mut v = sample();
+        v.pre = Some("llama-v3".into());
+        let (tok, _) = v.to_hf(Path::new("m.gguf"), 8).unwrap();
+        assert_eq!(tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"], LLAMA3_REGEX);
+        assert_eq!(tok["model"]["ignore_merges"], true);
+        let (dir, config) = write_dir(&v, 11);
+        let back = GgufVocab::from_hf_dir(dir.path(), &config, 11).unwrap();
+        assert_eq!(back.pre.as_deref(), Some("llama-bpe"));
     }
 
     #[test]

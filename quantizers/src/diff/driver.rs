@@ -34,6 +34,7 @@ pub struct DiffOptions {
 }
 
 /// A compared pair, ready to run.
+#[derive(Debug)]
 struct Job<'a> {
     row: usize,
     reference: Box<dyn Dequantize + 'a>,
@@ -83,8 +84,8 @@ fn base_row(t: &LogicalTensor<'_>, status: RowStatus) -> DiffRow {
     }
 }
 
-/// Compares CAND against REF. `progress` receives element counts as chunks finish (the total
-/// is the `numel` sum of the compared rows).
+/// Compares CAND against REF: [`plan`] then [`DiffPlan::run`]. `progress` receives element
+/// counts as chunks finish (they add up to [`DiffPlan::total_elements`]).
 pub fn diff(
     reference: &Input<'_>,
     candidate: &Input<'_>,
@@ -92,6 +93,45 @@ pub fn diff(
     options: &DiffOptions,
     progress: Option<Progress<'_>>,
 ) -> Result<DiffReport, DiffError> {
+    plan(reference, candidate, registry, options)?.run(progress)
+}
+
+/// Everything decided before any tensor data is read: the pairs, their rows, the decoders.
+/// Errors about names, shapes, layouts and permutations surface here, in milliseconds.
+pub struct DiffPlan<'a> {
+    rows: Vec<DiffRow>,
+    jobs: Vec<Job<'a>>,
+    ref_markers: Vec<String>,
+    cand_markers: Vec<String>,
+}
+
+impl std::fmt::Debug for DiffPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiffPlan")
+            .field("rows", &self.rows.len())
+            .field("jobs", &self.jobs.len())
+            .finish()
+    }
+}
+
+/// Position of each logical tensor in model order.
+fn model_ranks(tensors: &[LogicalTensor<'_>]) -> Vec<usize> {
+    let names: Vec<(&str, usize)> = tensors.iter().map(|t| (t.name.as_str(), t.index)).collect();
+    let mut rank = vec![0usize; tensors.len()];
+    for (k, i) in model_order(&names).into_iter().enumerate() {
+        rank[i] = k;
+    }
+    rank
+}
+
+/// Decodes both sides' names and layouts, pairs them and checks shapes. Reads headers and the
+/// few bytes of scalar scales and `comfy_quant` markers, no weight data.
+pub fn plan<'a>(
+    reference: &Input<'a>,
+    candidate: &Input<'a>,
+    registry: &Registry,
+    options: &DiffOptions,
+) -> Result<DiffPlan<'a>, DiffError> {
     let rdec = registry.decode(reference.source, Side::Ref)?;
     let cdec = registry.decode(candidate.source, Side::Cand)?;
     let (mut rt, mut ct) = (rdec.tensors, cdec.tensors);
@@ -99,24 +139,7 @@ pub fn diff(
     let pairs = matcher.pair(&rt, &ct);
 
     // Model order: REF's tensors by their own positions, CAND-only tensors after, by theirs.
-    let ref_order = {
-        let names: Vec<(&str, usize)> = rt.iter().map(|t| (t.name.as_str(), t.index)).collect();
-        let order = model_order(&names);
-        let mut rank = vec![0usize; rt.len()];
-        for (k, &i) in order.iter().enumerate() {
-            rank[i] = k;
-        }
-        rank
-    };
-    let cand_rank = {
-        let names: Vec<(&str, usize)> = ct.iter().map(|t| (t.name.as_str(), t.index)).collect();
-        let order = model_order(&names);
-        let mut rank = vec![0usize; ct.len()];
-        for (k, &i) in order.iter().enumerate() {
-            rank[i] = k;
-        }
-        rank
-    };
+    let (ref_order, cand_rank) = (model_ranks(&rt), model_ranks(&ct));
     let mut pairs = pairs;
     pairs.sort_by_key(|p| match *p {
         Pairing::Both { reference, .. } | Pairing::OnlyRef(reference) => (0, ref_order[reference]),
@@ -216,6 +239,34 @@ pub fn diff(
         }
     }
 
+    Ok(DiffPlan { rows, jobs, ref_markers: rdec.markers, cand_markers: cdec.markers })
+}
+
+impl DiffPlan<'_> {
+    /// Elements that [`DiffPlan::run`] will compare (the progress total).
+    pub fn total_elements(&self) -> u64 {
+        self.jobs.iter().map(|j| j.numel).sum()
+    }
+
+    /// The rows as planned, before metrics.
+    pub fn rows(&self) -> &[DiffRow] {
+        &self.rows
+    }
+
+    /// Decodes and compares every pair, in parallel, and builds the report.
+    pub fn run(self, progress: Option<Progress<'_>>) -> Result<DiffReport, DiffError> {
+        let DiffPlan { mut rows, jobs, ref_markers, cand_markers } = self;
+        run_jobs(&mut rows, &jobs, progress)?;
+        let summary = summarize(&rows);
+        Ok(DiffReport { schema_version: SCHEMA_VERSION, rows, summary, ref_markers, cand_markers })
+    }
+}
+
+fn run_jobs(
+    rows: &mut [DiffRow],
+    jobs: &[Job<'_>],
+    progress: Option<Progress<'_>>,
+) -> Result<(), DiffError> {
     // Flatten into chunk work items: (job, start, len).
     let items: Vec<(usize, u64, usize)> = jobs
         .iter()
@@ -258,13 +309,5 @@ pub fn diff(
     for (job, p) in jobs.iter().zip(acc) {
         rows[job.row].metrics = Some(p.unwrap_or_default().finish());
     }
-
-    let summary = summarize(&rows);
-    Ok(DiffReport {
-        schema_version: SCHEMA_VERSION,
-        rows,
-        summary,
-        ref_markers: rdec.markers,
-        cand_markers: cdec.markers,
-    })
+    Ok(())
 }

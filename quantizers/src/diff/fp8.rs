@@ -7,7 +7,9 @@
 //! - **legacy** `scaled_fp8`: `L.weight` F8, `L.scale_weight` F32 scalar, optionally
 //!   `L.scale_input`, plus a file-level marker tensor `scaled_fp8` (or `<prefix>.scaled_fp8`).
 //!
-//! Both scales multiply. A scale with one element per output row (`[N]` or `[N, 1]`, as
+//! Rows report the scheme as `fp8_e4m3fn_scaled/comfy` (with a `comfy_quant` marker),
+//! `/legacy` (`scale_weight`) or `/weight_scale` (a bare `weight_scale`, as ComfyUI's v1
+//! metadata form and compressed-tensors write it). Both scales multiply. A scale with one element per output row (`[N]` or `[N, 1]`, as
 //! compressed-tensors' `channel` strategy writes next to an F8 weight) is accepted too; block
 //! scales need a block size from `quantization_config` and are reported as not decodable.
 //!
@@ -96,11 +98,16 @@ impl SchemeDecoder for ComfyFp8 {
                 _ => "fp8_e4m3fn_scaled",
             };
             let per_row = matches!(&view, Ok(v) if v.per_row);
-            let scheme = format!(
-                "{base}{}/{}",
-                if per_row { "(per-row)" } else { "" },
-                if legacy { "legacy" } else { "comfy" }
-            );
+            // The layout, as far as the file says: a comfy_quant marker names ComfyUI; the
+            // `scale_weight` spelling is the legacy scaled_fp8 layout; a bare `weight_scale` is
+            // shared by ComfyUI's v1 metadata form and compressed-tensors, so it is named as is.
+            let has_comfy_quant = extras.iter().any(|t| t.name.ends_with(".comfy_quant"));
+            let layout = match (legacy, has_comfy_quant) {
+                (true, _) => "legacy",
+                (false, true) => "comfy",
+                (false, false) => "weight_scale",
+            };
+            let scheme = format!("{base}{}/{layout}", if per_row { "(per-row)" } else { "" });
             out.push(LogicalTensor {
                 name: w.name.clone(),
                 index: wi,

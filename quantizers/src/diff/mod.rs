@@ -4,7 +4,7 @@
 //! The pieces, in the order a diff uses them:
 //! - [`registry`]: splits each checkpoint into *logical* tensors — a quantized layer's weight,
 //!   scales and markers read as one weight — and knows how to decode each back to `f32` by the
-//!   scheme that wrote it ([`fp8`] for ComfyUI FP8 scaled; every plain dtype and GGML type
+//!   scheme that wrote it ([`fp8`] for FP8 scaled, [`nvfp4`] for NVFP4 in three layouts; [`ct_int`] for compressed-tensors INT4/INT8; every plain dtype and GGML type
 //!   through [`crate::decode`]; an extension point for NVFP4/INT4 layouts);
 //! - [`matching`]: pairs REF and CAND tensors by name, through the Hugging Face ↔ GGUF naming
 //!   and the llama q/k row permutation when the containers differ;
@@ -15,17 +15,19 @@
 //!   order, see [`position`], plus a summary);
 //! - [`plot`]: an SVG of SQNR per layer, one line per tensor role.
 
+pub mod ct_int;
 pub mod driver;
 pub mod error;
 pub mod fp8;
 pub mod matching;
 pub mod metrics;
+pub mod nvfp4;
 pub mod plot;
 pub mod position;
 pub mod registry;
 pub mod report;
 
-pub use driver::{diff, DiffOptions, DIFF_CHUNK};
+pub use driver::{diff, plan, DiffOptions, DiffPlan, DIFF_CHUNK};
 pub use error::{DiffError, Side};
 pub use matching::{Input, Matcher, Pairing, QkHeads};
 pub use metrics::{Metrics, Partial};

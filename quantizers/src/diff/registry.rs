@@ -17,15 +17,19 @@
 //! logical (unpadded, unpacked) shape. Register it with [`Registry::with`], which places it
 //! before the catch-all. Layouts recognised but not decodable yet are claimed by
 //! [`ComfyPending`] so that their scale tensors are not reported as stray weights; their rows say
-//! why they were not compared.
+//! why they were not compared. Still pending: ComfyUI `mxfp8`, `int8_tensorwise`,
+//! `convrot_w4a4`, and the INT4 layouts other than compressed-tensors (GPTQ, AWQ, Marlin),
+//! whose unpackers live in [`crate::int`] and whose parts are named by the exporters.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use qtool_formats::{ContainerFormat, TensorInfo, TensorRef, TensorSource};
 
+use super::ct_int::CtPackQuantized;
 use super::error::{DiffError, Side};
 use super::fp8::ComfyFp8;
+use super::nvfp4::Nvfp4;
 use crate::decode;
 
 /// A logical tensor's values in row-major order of its logical shape, decodable by ranges so
@@ -146,10 +150,19 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// The schemes qtool decodes today: ComfyUI FP8 scaled (current and legacy layouts), the
-    /// ComfyUI layouts awaiting a decoder, then every plain dtype and GGML type.
+    /// The schemes qtool decodes today: FP8 scaled (ComfyUI current and legacy layouts, per-row
+    /// `weight_scale`), NVFP4 (ComfyUI, ModelOpt, compressed-tensors), compressed-tensors
+    /// pack-quantized INT4/INT8, the ComfyUI layouts
+    /// awaiting a decoder, then every plain dtype and GGML type.
     pub fn standard() -> Self {
-        Registry { decoders: vec![Box::new(ComfyFp8), Box::new(ComfyPending)] }
+        Registry {
+            decoders: vec![
+                Box::new(ComfyFp8),
+                Box::new(Nvfp4),
+                Box::new(CtPackQuantized),
+                Box::new(ComfyPending),
+            ],
+        }
     }
 
     /// Adds a decoder after the ones already registered (before the catch-all).
@@ -298,9 +311,12 @@ impl SchemeDecoder for ComfyPending {
                 scheme: format!("{format}/comfy"),
                 parts,
                 extras,
-                decoder: Err(format!(
-                    "ComfyUI '{format}' layers have no decoder in qtool diff yet (stored shape is the packed one)"
-                )),
+                decoder: Err(if format.starts_with("float8") {
+                    // ComfyFp8 takes every float8 layer that has its scale.
+                    format!("ComfyUI '{format}' layer without a '{layer}.weight_scale' tensor")
+                } else {
+                    format!("ComfyUI '{format}' layers have no decoder in qtool diff yet")
+                }),
             });
         }
         Ok(out)

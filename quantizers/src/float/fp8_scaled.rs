@@ -373,6 +373,24 @@ mod tests {
     }
 
     #[test]
+    fn from_parts_rejects_absurd_shapes_without_panicking() {
+        let g = Granularity::Block { rows: 128, cols: 128 };
+        for (rows, cols) in [(usize::MAX, 2), (usize::MAX, usize::MAX)] {
+            let r = Fp8Scaled::from_parts(
+                Fp8Format::E4M3Fn,
+                rows,
+                cols,
+                vec![0; 4],
+                g,
+                vec![1.0],
+                ComputeDType::F32,
+                ComputeDType::F32,
+            );
+            assert!(r.is_err());
+        }
+    }
+
+    #[test]
     fn from_parts_checks_lengths() {
         let g = Granularity::Block { rows: 128, cols: 128 };
         let err = Fp8Scaled::from_parts(

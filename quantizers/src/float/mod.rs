@@ -206,8 +206,10 @@ fn cdiv(a: usize, b: usize) -> usize {
     a.div_ceil(b)
 }
 
+/// Saturates instead of overflowing: a lying shape then fails the length checks that follow
+/// rather than panicking here.
 fn roundup(a: usize, m: usize) -> usize {
-    a.div_ceil(m) * m
+    a.div_ceil(m).saturating_mul(m)
 }
 
 /// `log2` of an `f32`, rounded once to `f32` — what a correctly rounded `log2f` (glibc, torch's

@@ -370,6 +370,14 @@ mod tests {
     }
 
     #[test]
+    fn from_parts_rejects_absurd_shapes_without_panicking() {
+        for (rows, cols) in [(usize::MAX, 32), (32, usize::MAX - 31), (usize::MAX, usize::MAX)] {
+            assert!(Mxfp4Tensor::from_parts(rows, cols, vec![0; 4], vec![0; 4]).is_err());
+            assert!(Mxfp8Tensor::from_parts(rows, cols, vec![0; 4], vec![0; 4]).is_err());
+        }
+    }
+
+    #[test]
     fn from_parts_rejects_wrong_lengths() {
         assert!(matches!(
             Mxfp4Tensor::from_parts(2, 64, vec![0; 63], vec![0; 4]),

@@ -587,6 +587,16 @@ mod tests {
     }
 
     #[test]
+    fn from_parts_rejects_absurd_shapes_without_panicking() {
+        for layout in [Layout::ModelOpt, Layout::CompressedTensors, Layout::Comfy] {
+            for (rows, cols) in [(usize::MAX, 32), (32, usize::MAX - 7), (usize::MAX, usize::MAX)] {
+                assert!(Nvfp4Tensor::from_parts(layout, rows, cols, vec![0; 4], vec![0; 4], 1.0)
+                    .is_err());
+            }
+        }
+    }
+
+    #[test]
     fn from_parts_rejects_wrong_lengths() {
         let err = Nvfp4Tensor::from_parts(Layout::ModelOpt, 4, 32, vec![0; 63], vec![0; 8], 1.0)
             .unwrap_err();

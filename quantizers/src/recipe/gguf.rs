@@ -169,18 +169,16 @@ impl ModelParams {
 
     /// `hparams.n_gqa()` of layer 0.
     fn n_gqa(&self) -> u32 {
-        if self.n_head_kv == 0 {
-            0
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
     }
 
     /// Whether llama.cpp classifies the model as `LLM_TYPE_70B`; `None` for architectures whose
     /// classification qtool does not know.
     fn is_70b(&self) -> Option<bool> {
         match self.arch.as_str() {
-            "llama" => Some(self.n_expert != 8 && self.n_layer == 80 && self.n_head != self.n_head_kv),
+            "llama" => {
+                Some(self.n_expert != 8 && self.n_layer == 80 && self.n_head != self.n_head_kv)
+            }
             "qwen2" | "deci" => Some(self.n_layer == 80),
             "jais2" => Some(self.n_layer == 68),
             "falcon" => Some(false),
@@ -275,7 +273,11 @@ pub fn ggml_n_dims(ne: &[u64]) -> usize {
 }
 
 /// Why a tensor is never quantized (`tensor_allows_quantization`), or `None` when it may be.
-pub fn quantization_exclusion(name: &str, ne: &[u64], leave_output_tensor: bool) -> Option<&'static str> {
+pub fn quantization_exclusion(
+    name: &str,
+    ne: &[u64],
+    leave_output_tensor: bool,
+) -> Option<&'static str> {
     if ggml_n_dims(ne) < 2 {
         return Some("1-D");
     }
@@ -434,7 +436,12 @@ impl State<'_> {
     }
 
     /// The recipe's rules (`llama_tensor_get_type_impl`) for the file types qtool supports.
-    fn rules(&mut self, default: GgmlType, t: &TensorDesc, cat: Category) -> Result<(GgmlType, String), RecipeError> {
+    fn rules(
+        &mut self,
+        default: GgmlType,
+        t: &TensorDesc,
+        cat: Category,
+    ) -> Result<(GgmlType, String), RecipeError> {
         use FileType as F;
         use GgmlType as G;
         let ft = self.ftype;
@@ -450,7 +457,10 @@ impl State<'_> {
             }
             if falcon || t.ne[0] % default.block_size() != 0 {
                 ty = G::Q8_0;
-                why = format!("{what}: Q8_0 (ne[0] not a multiple of {} or Falcon)", default.block_size());
+                why = format!(
+                    "{what}: Q8_0 (ne[0] not a multiple of {} or Falcon)",
+                    default.block_size()
+                );
             } else if ty != G::Q8_0 {
                 ty = G::Q6_K;
                 why = format!("{what}: Q6_K");
@@ -599,7 +609,14 @@ fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
         return ty;
     }
     let next = match ty {
-        G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS | G::IQ3_S | G::IQ4_XS => G::IQ4_NL,
+        G::IQ1_S
+        | G::IQ1_M
+        | G::IQ2_XXS
+        | G::IQ2_XS
+        | G::IQ2_S
+        | G::IQ3_XXS
+        | G::IQ3_S
+        | G::IQ4_XS => G::IQ4_NL,
         G::Q2_0 | G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
         G::Q4_K => G::Q5_0,
         G::Q5_K => G::Q5_1,
@@ -649,32 +666,31 @@ pub fn plan(
         ne.resize(n_dims, 1);
         let ne0 = ne[0];
 
-        let (to, choice, fallback_from) = if let Some(why) =
-            quantization_exclusion(&t.name, &t.ne, opts.leave_output_tensor)
-        {
-            (t.ty, Choice::Kept(why), None)
-        } else if let (Some(ty), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
-            (ty, Choice::TokenEmbeddingOverride, None)
-        } else if let (Some(ty), Category::Output) = (opts.output_tensor_type, cat) {
-            (ty, Choice::OutputOverride, None)
-        } else if !default.is_quantized() {
-            (default, Choice::Plain, None)
-        } else {
-            let manual = opts.tensor_types.iter().find(|o| o.pattern.is_match(&t.name));
-            let (wanted, choice) = match manual {
-                Some(o) => (o.ty, Choice::Manual(o.pattern.as_str().to_owned())),
-                None if opts.pure => (default, Choice::Pure),
-                None => {
-                    let (ty, why) = st.rules(default, t, cat)?;
-                    (ty, Choice::Rule(why))
+        let (to, choice, fallback_from) =
+            if let Some(why) = quantization_exclusion(&t.name, &t.ne, opts.leave_output_tensor) {
+                (t.ty, Choice::Kept(why), None)
+            } else if let (Some(ty), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
+                (ty, Choice::TokenEmbeddingOverride, None)
+            } else if let (Some(ty), Category::Output) = (opts.output_tensor_type, cat) {
+                (ty, Choice::OutputOverride, None)
+            } else if !default.is_quantized() {
+                (default, Choice::Plain, None)
+            } else {
+                let manual = opts.tensor_types.iter().find(|o| o.pattern.is_match(&t.name));
+                let (wanted, choice) = match manual {
+                    Some(o) => (o.ty, Choice::Manual(o.pattern.as_str().to_owned())),
+                    None if opts.pure => (default, Choice::Pure),
+                    None => {
+                        let (ty, why) = st.rules(default, t, cat)?;
+                        (ty, Choice::Rule(why))
+                    }
+                };
+                let ty = fallback(wanted, ne0);
+                if ty != wanted {
+                    n_fallback += 1;
                 }
+                (ty, choice, (ty != wanted).then_some(wanted))
             };
-            let ty = fallback(wanted, ne0);
-            if ty != wanted {
-                n_fallback += 1;
-            }
-            (ty, choice, (ty != wanted).then_some(wanted))
-        };
 
         if to != t.ty {
             if ne0 % to.block_size() != 0 {

@@ -77,8 +77,16 @@ pub fn summary_lines(plan: &RecipePlan) -> Vec<String> {
     let new: u64 = plan.tensors.iter().map(TensorPlan::bytes_out).sum();
     let bpw = |b: u64| if n_elements == 0 { 0.0 } else { b as f64 * 8.0 / n_elements as f64 };
     let mut lines = vec![
-        format!("llama_model_quantize_impl: model size  = {:8.2} MiB ({:.2} BPW)", org as f64 / MIB, bpw(org)),
-        format!("llama_model_quantize_impl: quant size  = {:8.2} MiB ({:.2} BPW)", new as f64 / MIB, bpw(new)),
+        format!(
+            "llama_model_quantize_impl: model size  = {:8.2} MiB ({:.2} BPW)",
+            org as f64 / MIB,
+            bpw(org)
+        ),
+        format!(
+            "llama_model_quantize_impl: quant size  = {:8.2} MiB ({:.2} BPW)",
+            new as f64 / MIB,
+            bpw(new)
+        ),
     ];
     if plan.n_fallback > 0 {
         lines.push(format!(

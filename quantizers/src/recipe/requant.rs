@@ -9,7 +9,8 @@
 //! * **Alignment 32** for the header padding and every tensor, whatever the input used. llama.cpp
 //!   copies an input `general.alignment` verbatim even when it is not 32, which makes a file
 //!   readers misplace; qtool writes 32 into that key instead (identical whenever the input
-//!   says 32).
+//!   says 32). Strings are copied whole; llama.cpp re-reads them through `c_str()`, so a value
+//!   with an embedded NUL byte (none in practice) would come out truncated there.
 //! * **Tensors** in the plan's order (`weights_map` order, see [`super::gguf`]), shapes with
 //!   `ggml_n_dims` dimensions. A tensor whose type does not change is copied byte for byte;
 //!   any other is decoded to f32 (F16/BF16 exactly; a quantized input only with
@@ -30,7 +31,9 @@ use qtool_formats::{GgmlType, PlannedTensor, TensorDType, TensorSink, TensorSour
 use rayon::prelude::*;
 
 use super::ftype::FileType;
-use super::gguf::{plan, ModelParams, RecipeError, RecipeOptions, RecipePlan, TensorDesc, TensorPlan};
+use super::gguf::{
+    plan, ModelParams, RecipeError, RecipeOptions, RecipePlan, TensorDesc, TensorPlan,
+};
 use crate::gguf::{can_dequantize, dequantize, quantize_rows, CodecError};
 
 /// `GGML_QNT_VERSION`, written to `general.quantization_version`.
@@ -104,7 +107,11 @@ pub fn output_kvs(input: &[(String, Value)], ftype: FileType) -> Vec<(String, Va
 }
 
 /// Plans the quantization of `file` to `ftype`: reads the hyperparameters, applies the recipe.
-pub fn prepare(file: &GgufFile, ftype: FileType, opts: &RecipeOptions) -> Result<RequantPlan, RequantError> {
+pub fn prepare(
+    file: &GgufFile,
+    ftype: FileType,
+    opts: &RecipeOptions,
+) -> Result<RequantPlan, RequantError> {
     let recipe_err = |source| RequantError::Recipe { path: file.path().to_path_buf(), source };
     let model = ModelParams::from_kvs(file.kvs()).map_err(recipe_err)?;
     let descs: Vec<TensorDesc> = file
@@ -167,7 +174,8 @@ pub fn requantize_to_path(
     progress: &mut dyn FnMut(usize, &TensorPlan),
 ) -> Result<PathBuf, RequantError> {
     qtool_formats::atomic::ensure_not_input(out, &[file.path().to_path_buf()])?;
-    let mut writer = GgufWriter::create(out, plan.kvs.clone(), plan.planned_tensors(), DEFAULT_ALIGNMENT)?;
+    let mut writer =
+        GgufWriter::create(out, plan.kvs.clone(), plan.planned_tensors(), DEFAULT_ALIGNMENT)?;
     requantize_into(file, plan, allow_requantize, &mut writer, progress)?;
     Ok(writer.finish()?)
 }
@@ -184,13 +192,22 @@ fn encode_tensor(
     f32_buf: &mut Vec<f32>,
     out: &mut Vec<u8>,
 ) -> Result<(), RequantError> {
-    let codec_err = |source| RequantError::Codec { path: path.to_path_buf(), tensor: t.name.clone(), source };
+    let codec_err =
+        |source| RequantError::Codec { path: path.to_path_buf(), tensor: t.name.clone(), source };
     let plain_ok = matches!(t.from, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
     if !plain_ok && !t.from.is_quantized() || !can_dequantize(t.from) {
-        return Err(RequantError::CannotDecode { path: path.into(), tensor: t.name.clone(), ty: t.from });
+        return Err(RequantError::CannotDecode {
+            path: path.into(),
+            tensor: t.name.clone(),
+            ty: t.from,
+        });
     }
     if t.from.is_quantized() && !allow_requantize {
-        return Err(RequantError::RequantizeDisabled { path: path.into(), tensor: t.name.clone(), ty: t.from });
+        return Err(RequantError::RequantizeDisabled {
+            path: path.into(),
+            tensor: t.name.clone(),
+            ty: t.from,
+        });
     }
     let ne0 = t.ne[0] as usize;
     let numel = t.numel() as usize;
@@ -212,7 +229,12 @@ fn encode_tensor(
 
     quantize_rows(t.to, f32_buf, ne0, out).map_err(codec_err)?;
     if let Some(block) = first_invalid_block(t.to, out) {
-        return Err(RequantError::InvalidOutput { path: path.into(), tensor: t.name.clone(), ty: t.to, block });
+        return Err(RequantError::InvalidOutput {
+            path: path.into(),
+            tensor: t.name.clone(),
+            ty: t.to,
+            block,
+        });
     }
     Ok(())
 }

@@ -68,7 +68,13 @@ impl Builder {
 
     /// ComfyUI current layout: `L.weight` F8_E4M3 = `v / scale`, `L.weight_scale` F32 scalar,
     /// `L.comfy_quant` JSON. Returns the dequantized values the diff should see.
-    pub fn comfy_fp8(self, layer: &str, shape: &[u64], v: &[f32], legacy: bool) -> (Self, Vec<f32>) {
+    pub fn comfy_fp8(
+        self,
+        layer: &str,
+        shape: &[u64],
+        v: &[f32],
+        legacy: bool,
+    ) -> (Self, Vec<f32>) {
         let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         let scale = if amax == 0.0 { 1.0 } else { amax / 448.0 };
         let codes: Vec<u8> =
@@ -76,13 +82,38 @@ impl Builder {
         let deq: Vec<f32> = codes.iter().map(|&c| Fp8Format::E4M3Fn.decode(c) * scale).collect();
         let b = self.raw(&format!("{layer}.weight"), TensorDType::St(DType::F8E4M3), shape, &codes);
         let b = if legacy {
-            b.raw(&format!("{layer}.scale_weight"), TensorDType::St(DType::F32), &[], &scale.to_le_bytes())
-                .raw(&format!("{layer}.scale_input"), TensorDType::St(DType::F32), &[], &1f32.to_le_bytes())
+            b.raw(
+                &format!("{layer}.scale_weight"),
+                TensorDType::St(DType::F32),
+                &[],
+                &scale.to_le_bytes(),
+            )
+            .raw(
+                &format!("{layer}.scale_input"),
+                TensorDType::St(DType::F32),
+                &[],
+                &1f32.to_le_bytes(),
+            )
         } else {
             let json = br#"{"format": "float8_e4m3fn"}"#;
-            b.raw(&format!("{layer}.weight_scale"), TensorDType::St(DType::F32), &[], &scale.to_le_bytes())
-                .raw(&format!("{layer}.comfy_quant"), TensorDType::St(DType::U8), &[json.len() as u64], json)
-                .raw(&format!("{layer}.input_scale"), TensorDType::St(DType::F32), &[], &1f32.to_le_bytes())
+            b.raw(
+                &format!("{layer}.weight_scale"),
+                TensorDType::St(DType::F32),
+                &[],
+                &scale.to_le_bytes(),
+            )
+            .raw(
+                &format!("{layer}.comfy_quant"),
+                TensorDType::St(DType::U8),
+                &[json.len() as u64],
+                json,
+            )
+            .raw(
+                &format!("{layer}.input_scale"),
+                TensorDType::St(DType::F32),
+                &[],
+                &1f32.to_le_bytes(),
+            )
         };
         (b, deq)
     }
