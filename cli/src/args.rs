@@ -30,8 +30,35 @@ pub struct Cli {
 pub enum Command {
     /// List a checkpoint's tensors, metadata and quantization scheme.
     Inspect(InspectArgs),
+    /// Quantize a checkpoint (FP8/FP4 for safetensors, GGUF types and recipes for GGUF).
+    Quantize(QuantizeArgs),
+    /// List every --fmt name quantize accepts and what each one writes.
+    Formats,
+    /// Convert a Hugging Face llama-family directory to GGUF, or a GGUF file to a Hugging Face
+    /// directory (tensors, hyper-parameters and tokenizer).
+    Convert(ConvertArgs),
     /// Report the CUDA driver, NVRTC and GPUs qtool can use (always exits 0).
     GpuInfo,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a .gguf
+    /// file.
+    pub input: PathBuf,
+
+    /// The output: a .gguf file (from a directory) or a new directory (from a GGUF file).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// HF -> GGUF: f32, f16 (default), bf16, q8_0, a llama.cpp recipe (q4_k_m, q5_k_m, ...) or a
+    /// GGML type applied to every quantizable tensor.
+    #[arg(long, value_name = "FMT")]
+    pub fmt: Option<String>,
+
+    /// GGUF -> HF: f32, f16 or bf16 (default: lossless for the source).
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -47,4 +74,44 @@ pub struct InspectArgs {
     /// anchor with ^...$). The summary then covers the selected tensors only.
     #[arg(long, value_name = "REGEX")]
     pub filter: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The input: a .safetensors file, a directory of shards, or a .gguf file.
+    pub input: PathBuf,
+
+    /// The output: a .safetensors file, a directory (mirrors the input), or a .gguf file.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// What to write (`qtool formats` lists every name).
+    #[arg(long, value_name = "FMT")]
+    pub fmt: String,
+
+    /// Checkpoint layout: comfy, comfy-legacy, compressed-tensors, modelopt (default per FMT).
+    #[arg(long, value_name = "L")]
+    pub layout: Option<String>,
+
+    /// Leave tensors whose name matches this regular expression unquantized (repeatable; wins
+    /// over --include).
+    #[arg(long, value_name = "REGEX")]
+    pub ignore: Vec<String>,
+
+    /// Quantize 2-D weights matching this regular expression even where convention keeps them
+    /// (embeddings, lm_head, norms) (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub include: Vec<String>,
+
+    /// Print the plan (tensor, action, bytes in/out) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Quantize NaN/Inf weights (saturated; NaN to the format's NaN) instead of refusing.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+
+    /// GGUF only: allow requantizing tensors that are already quantized.
+    #[arg(long)]
+    pub allow_requantize: bool,
 }

@@ -19,3 +19,18 @@ pub fn bytes_bar(out: &Output, total: u64, message: &str) -> ProgressBar {
     bar.set_message(message.to_string());
     bar
 }
+
+/// A bar counting items (tensors), or a hidden one when progress is off; the caller sets the
+/// length once it is known.
+pub fn count_bar(out: &Output, message: &str) -> ProgressBar {
+    if !out.progress_enabled() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {wide_msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(message.to_string());
+    bar
+}

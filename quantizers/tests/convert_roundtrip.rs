@@ -278,3 +278,18 @@ fn q4_k_m_recipe_uses_llama_cpp_fallbacks_for_narrow_rows() {
     assert_eq!(ty("blk.1.attn_v.weight"), GgmlType::Q8_0);
     assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32);
 }
+
+#[test]
+fn output_bytes_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    write_model(&hf, DType::F32, false);
+    let mut outputs = Vec::new();
+    for threads in [1, 4] {
+        let out = dir.path().join(format!("m{threads}.gguf"));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| run(&hf, &out, Some("q4_k_m"), None));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}

@@ -42,7 +42,18 @@ fn cand(layer: &str, t: &CtPackedTensors) -> Builder {
 }
 
 fn check(bits: Bits, group: GroupSize, symmetric: bool, act_order: bool, scheme: &str) {
-    let (n, k) = (24usize, 64usize);
+    check_shape(24, 64, bits, group, symmetric, act_order, scheme);
+}
+
+fn check_shape(
+    n: usize,
+    k: usize,
+    bits: Bits,
+    group: GroupSize,
+    symmetric: bool,
+    act_order: bool,
+    scheme: &str,
+) {
     let w = values(n * k, 40 + k as u64);
     let cfg =
         RtnConfig { bits, group_size: group, symmetric, convention: Convention::CompressedTensors };
@@ -127,4 +138,18 @@ fn g_idx_naming_a_missing_group_is_not_compared() {
     assert_eq!(rep.rows[0].status, RowStatus::NotCompared);
     let why = rep.rows[0].reason.as_deref().unwrap();
     assert!(why.contains("m.weight_g_idx") && why.contains("group 5"), "{why}");
+}
+
+#[test]
+fn chunk_boundaries_inside_rows_read_the_right_scales() {
+    // 2048 × 160 = 327,680 elements: two chunks, the boundary in the middle of row 1638.
+    check_shape(
+        2048,
+        160,
+        Bits::B4,
+        GroupSize::Size(32),
+        false,
+        false,
+        "int4_g32/compressed-tensors",
+    );
 }

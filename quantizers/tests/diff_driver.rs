@@ -76,15 +76,26 @@ fn comfy_fp8_legacy_layout_with_marker() {
 
 #[test]
 fn per_row_fp8_scales_multiply_each_row() {
-    let (rows, cols) = (4u64, 8u64);
+    per_row_fp8(4, 8);
+}
+
+#[test]
+fn per_row_fp8_scales_across_chunk_boundaries() {
+    // 3000 × 100 elements: the first chunk ends inside row 2621.
+    per_row_fp8(3000, 100);
+}
+
+fn per_row_fp8(rows: u64, cols: u64) {
     let w = values((rows * cols) as usize, 4);
-    let scales = [0.5f32, 0.25, 2.0, 1.0];
+    let scales: Vec<f32> = (0..rows).map(|r| [0.5f32, 0.25, 2.0, 1.0][r as usize % 4]).collect();
     let mut codes = Vec::new();
     let mut deq = Vec::new();
     for r in 0..rows as usize {
         for c in 0..cols as usize {
-            let code = qtool_formats::codec::Fp8Format::E4M3Fn
-                .encode(w[r * 8 + c] / scales[r], qtool_formats::codec::Overflow::Saturate);
+            let code = qtool_formats::codec::Fp8Format::E4M3Fn.encode(
+                w[r * cols as usize + c] / scales[r],
+                qtool_formats::codec::Overflow::Saturate,
+            );
             codes.push(code);
             deq.push(qtool_formats::codec::Fp8Format::E4M3Fn.decode(code) * scales[r]);
         }
@@ -97,8 +108,9 @@ fn per_row_fp8_scales_multiply_each_row() {
         .build();
     let rep = run(&r, &c).unwrap();
     assert_eq!(rep.rows[0].scheme.as_deref(), Some("fp8_e4m3fn_scaled(per-row)/weight_scale"));
-    let (mse, ..) = reference_metrics(&w, &deq);
-    assert!(close(rep.rows[0].metrics.unwrap().mse, mse, 1e-12));
+    let (mse, max_abs, ..) = reference_metrics(&w, &deq);
+    let m = rep.rows[0].metrics.unwrap();
+    assert!(close(m.mse, mse, 1e-12) && close(m.max_abs, max_abs, 0.0), "{m:?}");
 }
 
 #[test]
@@ -229,8 +241,8 @@ fn gguf_q_and_k_rows_are_unpermuted_with_head_counts() {
         )
         .build();
     let heads = QkHeads { n_head, n_head_kv: n_kv, permute: true };
-    let ri = Input { source: &r, heads: None };
-    let ci = Input { source: &c, heads: Some(heads) };
+    let ri = Input::new(&r);
+    let ci = Input { heads: Some(heads), ..Input::new(&c) };
     let rep = diff(&ri, &ci, &Registry::standard(), &DiffOptions::default(), None).unwrap();
     for row in &rep.rows {
         assert!(row.qk_permuted, "{}", row.name);
@@ -240,7 +252,8 @@ fn gguf_q_and_k_rows_are_unpermuted_with_head_counts() {
     let rep = run(&r, &c).unwrap();
     assert!(rep.rows.iter().all(|r| !r.qk_permuted && r.sqnr_db().unwrap().is_finite()));
     // Head counts that do not divide the rows are an error naming the tensor.
-    let bad = Input { source: &c, heads: Some(QkHeads { n_head: 3, n_head_kv: 2, permute: true }) };
+    let bad =
+        Input { heads: Some(QkHeads { n_head: 3, n_head_kv: 2, permute: true }), ..Input::new(&c) };
     let err = diff(&ri, &bad, &Registry::standard(), &DiffOptions::default(), None).unwrap_err();
     assert!(err.to_string().contains("blk.0.attn_q.weight"), "{err}");
 }

@@ -83,3 +83,38 @@ fn output_is_deterministic_and_empty_reports_render() {
     let svg = sqnr_svg(&empty, "t");
     assert!(svg.contains("no compared tensors") && svg.ends_with("</svg>\n"));
 }
+
+#[test]
+fn block_groups_sit_side_by_side_with_their_names() {
+    let w = values(32, 2);
+    let q: Vec<f32> = w.iter().map(|x| x * 1.001 + 1e-4).collect();
+    let mut r = Builder::safetensors();
+    let mut c = Builder::safetensors();
+    for (g, n) in [("double_blocks", 3), ("single_blocks", 4)] {
+        for b in 0..n {
+            let name = format!("{g}.{b}.linear1.weight");
+            r = r.f32(&name, &[32], &w);
+            c = c.f32(&name, &[32], &q);
+        }
+    }
+    let (r, c) = (r.build(), c.build());
+    let rep = diff(
+        &Input::new(&r),
+        &Input::new(&c),
+        &Registry::standard(),
+        &DiffOptions::default(),
+        None,
+    )
+    .unwrap();
+    let svg = sqnr_svg(&rep, "flux");
+    assert!(svg.contains(">double_blocks</text>") && svg.contains(">single_blocks</text>"));
+    // 7 distinct x positions: no two points of the one series share a column.
+    let xs: std::collections::BTreeSet<&str> = svg
+        .match_indices("<circle cx=\"")
+        .map(|(i, m)| {
+            let rest = &svg[i + m.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect();
+    assert_eq!(xs.len(), 7);
+}

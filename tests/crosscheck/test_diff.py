@@ -512,3 +512,34 @@ def test_cli_table_marks_worst_and_writes_plot(qtool_diff, tmp_path):
     marked = [line for line in proc.stdout.splitlines() if line.startswith("| ! ")]
     assert len(marked) == 3 and any(worst in line for line in marked)
     assert plot.read_text().startswith("<svg")
+
+
+# --- every layout `qtool quantize` writes is read back by diff -----------------------------
+
+QUANTIZE_CASES = [
+    # fmt, layout, scheme diff reports for the linear layers, SQNR window (dB)
+    ("fp8_e4m3fn_scaled", "comfy", "fp8_e4m3fn_scaled/comfy", (25, 40)),
+    ("fp8_e4m3fn_scaled", "comfy-legacy", "fp8_e4m3fn_scaled/legacy", (25, 40)),
+    ("fp8_e4m3fn_scaled", "compressed-tensors", "fp8_e4m3fn_scaled/compressed-tensors", (25, 40)),
+    ("fp8_e5m2_scaled", "comfy", "fp8_e5m2_scaled/comfy", (18, 30)),
+    ("fp4_scaled", "comfy", "nvfp4/comfy", (15, 25)),
+    ("fp4_scaled", "modelopt", "nvfp4/modelopt", (15, 25)),
+    ("nvfp4", "compressed-tensors", "nvfp4/compressed-tensors", (15, 25)),
+]
+
+
+@pytest.mark.parametrize("fmt,layout,scheme,window", QUANTIZE_CASES)
+def test_diff_reads_what_quantize_writes(run_qtool, diff_bin, tmp_path, fmt, layout, scheme, window):
+    if run_qtool("quantize", "--help", check=False).returncode != 0:
+        pytest.skip("skipped: this qtool build has no `quantize` subcommand")
+    out = tmp_path / "q"
+    run_qtool("quantize", FIXTURES / "tiny-llama", "-o", out, "--fmt", fmt, "--layout", layout)
+    report = diff_json(diff_bin, TINY, out)
+    s = report["summary"]
+    assert (s["compared"], s["only_ref"], s["only_cand"], s["not_compared"]) == (21, 0, 0, 0)
+    for row in report["rows"]:
+        if is_linear(row["name"]):
+            assert row["scheme"] == scheme, row
+            assert window[0] < num(row["sqnr_db"]) < window[1], row
+        else:
+            assert row["sqnr_db"] == "inf", row

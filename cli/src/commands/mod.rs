@@ -1,6 +1,9 @@
 //! One module per subcommand; each takes its parsed arguments and the output settings and
 //! returns the exit code (errors become `error:` lines in `main`).
 
+pub mod convert;
+pub mod formats;
 pub mod gpu_info;
 pub mod inspect;
+pub mod quantize;
 pub mod stats;

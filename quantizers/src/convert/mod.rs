@@ -19,7 +19,8 @@
 //!   do, and recipes such as `Q4_K_M` make the same choices as `llama-quantize`.
 //! * The tokenizer is carried as data: a byte-level BPE vocabulary (`tokenizer.ggml.model =
 //!   "gpt2"`) maps to a `tokenizer.json` BPE model, and the pre-tokenizer name to the
-//!   pre-tokenizer steps that split text identically ([`tokenizer`]).
+//!   pre-tokenizer steps that split text identically ([`tokenizer`]); a SentencePiece-style one
+//!   (`"llama"`) to a byte-fallback BPE model whose merge order is the score order (`spm`).
 //! * Unsupported inputs are refused before anything is written: an unknown architecture is
 //!   named together with the supported ones.
 

@@ -1,5 +1,6 @@
 //! Tokenizers between GGUF's `tokenizer.*` KVs and Hugging Face's `tokenizer.json` +
-//! `tokenizer_config.json`, for byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`).
+//! `tokenizer_config.json`: byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) here,
+//! SentencePiece-style ones (`"llama"`, byte-fallback BPE in tokenizer.json) in the `spm` module.
 //!
 //! Facts (gguf-py `constants.py` `Keys.Tokenizer`, `TokenType`; `vocab.py` `SpecialVocab`;
 //! llama.cpp `convert_hf_to_gguf.py::get_vocab_base`, `src/llama-vocab.cpp`):

@@ -93,9 +93,10 @@ impl SchemeDecoder for CtPackQuantized {
 struct View<'a> {
     packed: TensorRef<'a>,
     zero_point: Option<&'a [u8]>,
-    /// `[N, G]` decoded.
-    scales: Vec<f32>,
-    g_idx: Option<Vec<u32>>,
+    /// `[N, G]`, read a chunk's rows at a time.
+    scales: TensorRef<'a>,
+    /// `[K]` I32 bytes.
+    g_idx: Option<&'a [u8]>,
     bits: u32,
     n: u64,
     k: u64,
@@ -145,7 +146,8 @@ impl<'a> View<'a> {
         if sn != n || groups == 0 || groups > k {
             return Err(format!("'{}' has shape {:?} for a [{n}, {k}] weight", s.name, s.shape));
         }
-        let scales = decode::decode_all(cx.tensor_ref(s)).map_err(|e| e.to_string())?;
+        let scales = cx.tensor_ref(s);
+        decode::validate(&scales).map_err(|e| e.to_string())?;
         let group_cols = k.div_ceil(groups);
         let g_idx = match g_idx {
             None => {
@@ -160,11 +162,13 @@ impl<'a> View<'a> {
                     return Err(format!("'{}' must be I32 [{k}]", g.name));
                 }
                 decode::validate(&t).map_err(|e| e.to_string())?;
-                let idx: Vec<u32> = (0..k as usize).map(|i| i32_at(t.data, i)).collect();
-                if let Some(bad) = idx.iter().find(|&&x| u64::from(x) >= groups) {
+                // One pass over K words to refuse out-of-range groups before any decode.
+                if let Some(bad) =
+                    (0..k as usize).map(|i| i32_at(t.data, i)).find(|&x| u64::from(x) >= groups)
+                {
                     return Err(format!("'{}' names group {bad}, there are {groups}", g.name));
                 }
-                Some(idx)
+                Some(t.data)
             }
         };
         let zero_point = match zp {
@@ -218,13 +222,18 @@ impl Dequantize for View<'_> {
         let pf = u64::from(32 / self.bits);
         let mask = (1u32 << self.bits) - 1;
         let mid = 1u32 << (self.bits - 1);
+        // The scale rows this range touches, `[r1 − r0, G]`.
+        let (r0, r1) = (start / self.k, end.div_ceil(self.k));
+        let mut scales = vec![0f32; ((r1 - r0) * self.groups) as usize];
+        decode::decode_into(self.scales, r0 * self.groups, &mut scales)
+            .map_err(|source| DiffError::Decode { side: self.side, source })?;
         for (i, o) in out.iter_mut().enumerate() {
             let idx = start + i as u64;
             let (r, c) = (idx / self.k, idx % self.k);
             let word = i32_at(self.packed.data, (r * self.words_per_row + c / pf) as usize);
             let code = (word >> (self.bits as u64 * (c % pf))) & mask;
-            let g = match &self.g_idx {
-                Some(g) => u64::from(g[c as usize]),
+            let g = match self.g_idx {
+                Some(g) => u64::from(i32_at(g, c as usize)),
                 None => c / self.group_cols,
             };
             let zero = match self.zero_point {
@@ -234,7 +243,7 @@ impl Dequantize for View<'_> {
                     (w >> (self.bits as u64 * (r % pf))) & mask
                 }
             };
-            let s = self.scales[(r * self.groups + g) as usize];
+            let s = scales[((r - r0) * self.groups + g) as usize];
             *o = (code as f32 - zero as f32) * s;
         }
         Ok(())

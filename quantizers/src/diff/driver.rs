@@ -132,8 +132,8 @@ pub fn plan<'a>(
     registry: &Registry,
     options: &DiffOptions,
 ) -> Result<DiffPlan<'a>, DiffError> {
-    let rdec = registry.decode(reference.source, Side::Ref)?;
-    let cdec = registry.decode(candidate.source, Side::Cand)?;
+    let rdec = registry.decode(reference, Side::Ref)?;
+    let cdec = registry.decode(candidate, Side::Cand)?;
     let (mut rt, mut ct) = (rdec.tensors, cdec.tensors);
     let matcher = Matcher::new(reference.source.format(), candidate.source.format());
     let pairs = matcher.pair(&rt, &ct);

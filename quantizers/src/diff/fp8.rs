@@ -9,7 +9,8 @@
 //!
 //! Rows report the scheme as `fp8_e4m3fn_scaled/comfy` (with a `comfy_quant` marker),
 //! `/legacy` (`scale_weight`) or `/weight_scale` (a bare `weight_scale`, as ComfyUI's v1
-//! metadata form and compressed-tensors write it). Both scales multiply. A scale with one element per output row (`[N]` or `[N, 1]`, as
+//! metadata form and compressed-tensors write it). Both scales multiply. A scale with one
+//! element per output row (`[N]` or `[N, 1]`, as
 //! compressed-tensors' `channel` strategy writes next to an F8 weight) is accepted too; block
 //! scales need a block size from `quantization_config` and are reported as not decodable.
 //!
@@ -97,15 +98,17 @@ impl SchemeDecoder for ComfyFp8 {
                 DType::F8E5M2 => "fp8_e5m2_scaled",
                 _ => "fp8_e4m3fn_scaled",
             };
-            let per_row = matches!(&view, Ok(v) if v.per_row);
+            let per_row = matches!(&view, Ok(Fp8View { scale: Scale::PerRow(_), .. }));
             // The layout, as far as the file says: a comfy_quant marker names ComfyUI; the
             // `scale_weight` spelling is the legacy scaled_fp8 layout; a bare `weight_scale` is
-            // shared by ComfyUI's v1 metadata form and compressed-tensors, so it is named as is.
+            // shared by ComfyUI's v1 metadata form and compressed-tensors, told apart by
+            // `quantization_config`, else named as is.
             let has_comfy_quant = extras.iter().any(|t| t.name.ends_with(".comfy_quant"));
-            let layout = match (legacy, has_comfy_quant) {
-                (true, _) => "legacy",
-                (false, true) => "comfy",
-                (false, false) => "weight_scale",
+            let layout = match (legacy, has_comfy_quant, cx.quant_method.as_deref()) {
+                (true, ..) => "legacy",
+                (false, true, _) => "comfy",
+                (false, false, Some("compressed-tensors")) => "compressed-tensors",
+                (false, false, _) => "weight_scale",
             };
             let scheme = format!("{base}{}/{layout}", if per_row { "(per-row)" } else { "" });
             out.push(LogicalTensor {
@@ -122,14 +125,21 @@ impl SchemeDecoder for ComfyFp8 {
     }
 }
 
+#[derive(Debug)]
+enum Scale<'a> {
+    Tensor(f32),
+    PerRow(TensorRef<'a>),
+}
+
 /// `fp8 · scale`, per tensor or per row.
 #[derive(Debug)]
 struct Fp8View<'a> {
     weight: TensorRef<'a>,
     dtype: DType,
     side: Side,
-    scales: Vec<f32>,
-    per_row: bool,
+    /// The per-tensor scale, or the per-row scale tensor (read a chunk's rows at a time, so a
+    /// plan over the whole model holds no scale vectors).
+    scale: Scale<'a>,
     /// Row length (last dimension) for per-row scales.
     cols: u64,
 }
@@ -168,8 +178,14 @@ impl<'a> Fp8View<'a> {
             }
         };
         // `validate` tied the element count to the bytes actually mapped.
-        let scales = decode::decode_all(s).map_err(|e| e.to_string())?;
-        Ok(Fp8View { weight, dtype, side: cx.side, scales, per_row, cols })
+        decode::validate(&s).map_err(|e| e.to_string())?;
+        let scale = if per_row {
+            Scale::PerRow(s)
+        } else {
+            // One element, whose byte count `validate` checked.
+            Scale::Tensor(decode::decode_all(s).map_err(|e| e.to_string())?[0])
+        };
+        Ok(Fp8View { weight, dtype, side: cx.side, scale, cols })
     }
 }
 
@@ -190,14 +206,20 @@ impl Dequantize for Fp8View<'_> {
             tensor: self.weight.info.name.clone(),
             msg: e.to_string(),
         })?;
-        if self.per_row {
-            for (k, v) in out.iter_mut().enumerate() {
-                *v *= self.scales[((start + k as u64) / self.cols) as usize];
+        match self.scale {
+            Scale::Tensor(s) => {
+                for v in out.iter_mut() {
+                    *v *= s;
+                }
             }
-        } else {
-            let s = self.scales[0];
-            for v in out.iter_mut() {
-                *v *= s;
+            Scale::PerRow(t) => {
+                let (r0, r1) = (start / self.cols, (start + out.len() as u64).div_ceil(self.cols));
+                let mut rows = vec![0f32; (r1 - r0) as usize];
+                decode::decode_into(t, r0, &mut rows)
+                    .map_err(|source| DiffError::Decode { side: self.side, source })?;
+                for (k, v) in out.iter_mut().enumerate() {
+                    *v *= rows[((start + k as u64) / self.cols - r0) as usize];
+                }
             }
         }
         Ok(())

@@ -40,16 +40,18 @@ pub struct QkHeads {
 }
 
 /// One side of a diff: a tensor source and what is known about its attention heads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Input<'a> {
     pub source: &'a dyn TensorSource,
     pub heads: Option<QkHeads>,
+    /// `quantization_config.quant_method` of `config.json`, if any.
+    pub quant_method: Option<String>,
 }
 
 impl<'a> Input<'a> {
     /// A source with no architecture information (names and shapes only).
     pub fn new(source: &'a dyn TensorSource) -> Self {
-        Input { source, heads: None }
+        Input { source, heads: None, quant_method: None }
     }
 
     /// Reads head counts from GGUF metadata (`general.architecture`, `{arch}.attention.*`) or
@@ -78,7 +80,12 @@ impl<'a> Input<'a> {
                 Some(QkHeads { n_head, n_head_kv, permute })
             }),
         };
-        Input { source: checkpoint.source(), heads }
+        let quant_method = checkpoint
+            .quantization_config()
+            .and_then(|q| q.get("quant_method"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string);
+        Input { source: checkpoint.source(), heads, quant_method }
     }
 }
 

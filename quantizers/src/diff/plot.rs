@@ -1,4 +1,5 @@
-//! An SVG line chart of SQNR per layer: x is the block index, y the SQNR in dB, one colored
+//! An SVG line chart of SQNR per layer: x is the block in model order (several block groups,
+//! e.g. `double_blocks` then `single_blocks`, side by side with a labelled separator), y the SQNR in dB, one colored
 //! line per tensor role (q, k, v, o, gate, up, down …) labelled directly at its right end, so
 //! the chart reads without a legend. Tensors outside the blocks (embeddings, final norm, output
 //! head) are grey points in an "in" slot left of block 0 and an "out" slot right of the last
@@ -72,9 +73,34 @@ pub fn sqnr_svg(report: &DiffReport, title: &str) -> String {
     let mut series: Vec<Series<'_>> = Vec::new();
     let mut outside_in: Vec<&DiffRow> = Vec::new();
     let mut outside_out: Vec<&DiffRow> = Vec::new();
+    // One x slot per block in model order: block groups (`double_blocks`, `single_blocks`)
+    // side by side in the order they appear, each from its lowest index.
+    let mut groups: Vec<(String, u64, u64)> = Vec::new(); // (name, min block, max block)
+    for r in &plotted {
+        if let (Some(b), Some(g)) = (r.block, Position::of(&r.name).group) {
+            match groups.iter_mut().find(|x| x.0 == g) {
+                Some(x) => {
+                    x.1 = x.1.min(b);
+                    x.2 = x.2.max(b);
+                }
+                None => groups.push((g, b, b)),
+            }
+        }
+    }
+    let mut group_start = Vec::with_capacity(groups.len());
+    let mut slot_labels: Vec<u64> = Vec::new();
+    for (_, lo, hi) in &groups {
+        group_start.push(slot_labels.len() as u64);
+        slot_labels.extend(*lo..=*hi);
+    }
+    let slot_of = |r: &DiffRow| -> Option<u64> {
+        let (b, g) = (r.block?, Position::of(&r.name).group?);
+        let i = groups.iter().position(|x| x.0 == g)?;
+        Some(group_start[i] + b - groups[i].1)
+    };
     for r in &plotted {
         let s = r.sqnr_db().unwrap_or(f64::NAN);
-        match r.block {
+        match slot_of(r) {
             Some(b) => {
                 let rank = Position::of(&r.name).role_rank();
                 match series.iter_mut().find(|x| x.role == r.role) {
@@ -200,12 +226,27 @@ pub fn sqnr_svg(report: &DiffReport, title: &str) -> String {
                 TOP + ph
             );
             if (b - first_block) % every == 0 {
+                let label = slot_labels.get(b as usize).copied().unwrap_or(b);
                 let _ = writeln!(
                     o,
-                    r##"<text x="{px:.1}" y="{:.1}" text-anchor="middle" fill="#333">{b}</text>"##,
+                    r##"<text x="{px:.1}" y="{:.1}" text-anchor="middle" fill="#333">{label}</text>"##,
                     TOP + ph + 16.0
                 );
             }
+        }
+    }
+    // With several block groups, a separator and the group's name where each begins.
+    if groups.len() > 1 {
+        for ((name, _, _), &start) in groups.iter().zip(&group_start) {
+            let px = xs(start as f64 - 0.5);
+            let _ = writeln!(
+                o,
+                r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#bbb" stroke-dasharray="3 3"/><text x="{:.1}" y="{:.1}" fill="#777" font-size="11">{}</text>"##,
+                TOP + ph,
+                px + 4.0,
+                TOP + 13.0,
+                esc(name)
+            );
         }
     }
     for (slot, label, on) in [(x_lo, "in", has_in), (x_hi, "out", has_out)] {

@@ -18,8 +18,8 @@
 //! before the catch-all. Layouts recognised but not decodable yet are claimed by
 //! [`ComfyPending`] so that their scale tensors are not reported as stray weights; their rows say
 //! why they were not compared. Still pending: ComfyUI `mxfp8`, `int8_tensorwise`,
-//! `convrot_w4a4`, and the INT4 layouts other than compressed-tensors (GPTQ, AWQ, Marlin),
-//! whose unpackers live in [`crate::int`] and whose parts are named by the exporters.
+//! `convrot_w4a4`, and Marlin-repacked INT4 (its unpacker lives in [`crate::int::marlin`]; its
+//! tensor names belong to the exporter).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +29,8 @@ use qtool_formats::{ContainerFormat, TensorInfo, TensorRef, TensorSource};
 use super::ct_int::CtPackQuantized;
 use super::error::{DiffError, Side};
 use super::fp8::ComfyFp8;
+use super::gptq_awq::GptqAwq;
+use super::matching::Input;
 use super::nvfp4::Nvfp4;
 use crate::decode;
 
@@ -95,6 +97,9 @@ pub struct Decoded<'a> {
 pub struct ClaimContext<'a> {
     pub source: &'a dyn TensorSource,
     pub side: Side,
+    /// `config.json` `quantization_config.quant_method`, when the checkpoint has one: names the
+    /// producer where tensor names alone are ambiguous.
+    pub quant_method: Option<String>,
     claimed: Vec<bool>,
     by_name: HashMap<&'a str, usize>,
     pub markers: Vec<String>,
@@ -152,7 +157,7 @@ impl Default for Registry {
 impl Registry {
     /// The schemes qtool decodes today: FP8 scaled (ComfyUI current and legacy layouts, per-row
     /// `weight_scale`), NVFP4 (ComfyUI, ModelOpt, compressed-tensors), compressed-tensors
-    /// pack-quantized INT4/INT8, the ComfyUI layouts
+    /// pack-quantized INT4/INT8, GPTQ (v1 zeros) and AWQ GEMM, the ComfyUI layouts
     /// awaiting a decoder, then every plain dtype and GGML type.
     pub fn standard() -> Self {
         Registry {
@@ -160,6 +165,7 @@ impl Registry {
                 Box::new(ComfyFp8),
                 Box::new(Nvfp4),
                 Box::new(CtPackQuantized),
+                Box::new(GptqAwq),
                 Box::new(ComfyPending),
             ],
         }
@@ -172,14 +178,12 @@ impl Registry {
     }
 
     /// Splits a source into logical tensors.
-    pub fn decode<'a>(
-        &self,
-        source: &'a dyn TensorSource,
-        side: Side,
-    ) -> Result<Decoded<'a>, DiffError> {
+    pub fn decode<'a>(&self, input: &Input<'a>, side: Side) -> Result<Decoded<'a>, DiffError> {
+        let source = input.source;
         let mut cx = ClaimContext {
             source,
             side,
+            quant_method: input.quant_method.clone(),
             claimed: vec![false; source.tensors().len()],
             by_name: source
                 .tensors()

@@ -455,10 +455,14 @@ impl State<'_> {
             if let Some(o) = self.opts.output_tensor_type {
                 return Ok((o, format!("{what}: --output-tensor-type")));
             }
-            if falcon || t.ne[0] % default.block_size() != 0 {
+            if falcon {
+                ty = G::Q8_0;
+                why = format!("{what}: Q8_0 (Falcon)");
+            } else if t.ne[0] % default.block_size() != 0 {
                 ty = G::Q8_0;
                 why = format!(
-                    "{what}: Q8_0 (ne[0] not a multiple of {} or Falcon)",
+                    "{what}: Q8_0 (ne[0] {} not a multiple of {})",
+                    t.ne[0],
                     default.block_size()
                 );
             } else if ty != G::Q8_0 {

@@ -114,19 +114,20 @@ pub fn prepare(
 ) -> Result<RequantPlan, RequantError> {
     let recipe_err = |source| RequantError::Recipe { path: file.path().to_path_buf(), source };
     let model = ModelParams::from_kvs(file.kvs()).map_err(recipe_err)?;
-    let descs: Vec<TensorDesc> = file
+    let descs = file
         .tensors()
         .iter()
-        .map(|t| TensorDesc {
-            name: t.name.clone(),
-            ne: t.shape.clone(),
-            ty: match t.dtype {
-                TensorDType::Ggml(g) => g,
-                // A GGUF reader only produces GGML types.
-                TensorDType::St(_) => GgmlType::F32,
-            },
+        .map(|t| match t.dtype {
+            TensorDType::Ggml(ty) => {
+                Ok(TensorDesc { name: t.name.clone(), ne: t.shape.clone(), ty })
+            }
+            // A GGUF reader only produces GGML types; refuse rather than guess.
+            TensorDType::St(d) => Err(qtool_formats::Error::invalid(
+                file.path(),
+                format!("tensor '{}' has non-GGML dtype {d}", t.name),
+            )),
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let recipe = plan(ftype, &model, &descs, opts).map_err(recipe_err)?;
     Ok(RequantPlan { model, recipe, kvs: output_kvs(file.kvs(), ftype) })
 }

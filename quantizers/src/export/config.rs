@@ -1,0 +1,84 @@
+//! The configuration each layout's loader reads besides the tensors: compressed-tensors'
+//! `quantization_config` (formats.md §2.1) and ModelOpt's `hf_quant_config.json` (§5.2).
+//! ComfyUI layouts carry everything in the tensors themselves.
+
+use serde_json::{json, Value};
+
+use super::catalog::{Layout, Scheme};
+use super::plan::QuantizePlan;
+
+/// `config.json["quantization_config"]` for a compressed-tensors output.
+///
+/// Only the `QuantizationArgs` keys both current and older compressed-tensors accept are written
+/// (no `scale_dtype` / `zp_dtype`: older versions forbid unknown keys, §2.1). Keys are sorted, as
+/// compressed-tensors' own `json.dump(sort_keys=True)` leaves them. No `version` key: qtool is
+/// not compressed-tensors and the loaders do not read it.
+///
+/// A `_fast` FP8 name (fp8 matmul) gets dynamic per-token FP8 activations, which need no stored
+/// scale (the `FP8_DYNAMIC` preset's activations); every other name is weight-only.
+pub fn compressed_tensors(plan: &QuantizePlan) -> Option<Value> {
+    if plan.layout != Layout::CompressedTensors {
+        return None;
+    }
+    let args = |num_bits: u32, strategy: &str, group_size: Option<u32>, dynamic: bool| {
+        json!({
+            "actorder": null,
+            "dynamic": dynamic,
+            "group_size": group_size,
+            "num_bits": num_bits,
+            "strategy": strategy,
+            "symmetric": true,
+            "type": "float",
+        })
+    };
+    let (format, weights, inputs) = match plan.fmt.scheme {
+        Scheme::Fp8Cast(_) | Scheme::Fp8Scaled(_) => (
+            "float-quantized",
+            args(8, "tensor", None, false),
+            if plan.fmt.full_precision_mm { Value::Null } else { args(8, "token", None, true) },
+        ),
+        Scheme::Nvfp4 | Scheme::Nvfp4Experimental => {
+            ("nvfp4-pack-quantized", args(4, "tensor_group", Some(16), false), Value::Null)
+        }
+        Scheme::Passthrough => return None,
+    };
+    Some(json!({
+        "config_groups": {
+            "group_0": {
+                "input_activations": inputs,
+                "output_activations": null,
+                "targets": ["Linear"],
+                "weights": weights,
+            }
+        },
+        "format": format,
+        "global_compression_ratio": null,
+        "ignore": plan.unquantized_layers(),
+        "kv_cache_scheme": null,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "transform_config": {},
+    }))
+}
+
+/// `hf_quant_config.json` for a ModelOpt output.
+///
+/// The only ModelOpt name qtool writes is weight-only NVFP4, so `quant_algo` is `W4A16_NVFP4`:
+/// vLLM's ModelOpt loader runs it without an `input_scale` (which would need calibration), while
+/// `NVFP4` (W4A4) requires one. `group_size`, `kv_cache_quant_algo` and `exclude_modules` are
+/// always present, as vLLM requires (§5.2).
+pub fn modelopt(plan: &QuantizePlan) -> Option<Value> {
+    if plan.layout != Layout::ModelOpt || plan.fmt.scheme != Scheme::Nvfp4 {
+        return None;
+    }
+    Some(json!({
+        "producer": {"name": "qtool", "version": env!("CARGO_PKG_VERSION")},
+        "quantization": {
+            "quant_algo": "W4A16_NVFP4",
+            "kv_cache_quant_algo": null,
+            "group_size": 16,
+            "exclude_modules": plan.unquantized_layers(),
+        }
+    }))
+}

@@ -1,0 +1,102 @@
+//! The streaming quantize pipeline: plan entries go through in windows — a few tensors decoded
+//! and quantized in parallel, then written in plan order — so memory stays O(window × largest
+//! tensor) and the output bytes do not depend on the thread count (each tensor's bytes depend
+//! only on that tensor, and the write order is the plan's).
+
+use std::borrow::Cow;
+
+use qtool_formats::{TensorRef, TensorSink, TensorSource};
+use rayon::prelude::*;
+
+use crate::decode;
+
+use super::error::ExportError;
+use super::layer;
+use super::plan::{Action, PlanEntry, QuantizePlan};
+
+/// Bytes of working memory (f32 copies plus outputs) a window may hold; one tensor larger than
+/// this still goes through, alone.
+const WINDOW_BYTES: u64 = 1 << 30;
+
+/// Writes `plan`'s output tensors into `sink`, calling `progress` with each entry's input bytes
+/// once it is written.
+pub fn run(
+    source: &dyn TensorSource,
+    plan: &QuantizePlan,
+    sink: &mut dyn TensorSink,
+    progress: &mut dyn FnMut(&PlanEntry),
+) -> Result<(), ExportError> {
+    let max_window = (rayon::current_num_threads() * 2).max(2);
+    let mut start = 0;
+    while start < plan.entries.len() {
+        let mut end = start;
+        let mut held = 0u64;
+        while end < plan.entries.len() && end - start < max_window {
+            let cost = working_bytes(&plan.entries[end]);
+            if end > start && held + cost > WINDOW_BYTES {
+                break;
+            }
+            held += cost;
+            end += 1;
+        }
+        let window = &plan.entries[start..end];
+        let results: Vec<Result<Vec<Cow<'_, [u8]>>, ExportError>> =
+            window.par_iter().map(|e| produce(source, plan, e)).collect();
+        for (entry, result) in window.iter().zip(results) {
+            let parts = result?;
+            for (out, bytes) in entry.outputs.iter().zip(&parts) {
+                if bytes.len() as u64 != out.nbytes {
+                    return Err(ExportError::PartSize {
+                        tensor: entry.name.clone(),
+                        part: out.name.clone(),
+                        got: bytes.len(),
+                        expected: out.nbytes,
+                    });
+                }
+                sink.write(&out.name, bytes)?;
+            }
+            progress(entry);
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// Memory an entry needs while in flight: nothing for a copy (it is written from the mapping).
+fn working_bytes(e: &PlanEntry) -> u64 {
+    match &e.action {
+        Action::Quantize(l) => (l.rows as u64 * l.cols as u64) * 4 + e.bytes_out(),
+        _ => 0,
+    }
+}
+
+fn produce<'a>(
+    source: &'a dyn TensorSource,
+    plan: &QuantizePlan,
+    e: &'a PlanEntry,
+) -> Result<Vec<Cow<'a, [u8]>>, ExportError> {
+    match (&e.action, e.input) {
+        (Action::Marker(bytes), _) => Ok(vec![Cow::Borrowed(bytes.as_slice())]),
+        (Action::Copy, Some(i)) => {
+            let info = &source.tensors()[i];
+            Ok(vec![Cow::Borrowed(source.data(info))])
+        }
+        (Action::Quantize(l), Some(i)) => {
+            let info = &source.tensors()[i];
+            let path = || source.files()[info.file].clone();
+            let tensor = TensorRef { info, data: source.data(info) };
+            let w = decode::decode_all(tensor)
+                .map_err(|source| ExportError::Decode { path: path(), source })?;
+            let parts = layer::encode(plan.fmt, plan.layout, l, &w, plan.allow_nonfinite).map_err(
+                |source| ExportError::Quantize { path: path(), tensor: info.name.clone(), source },
+            )?;
+            Ok(parts.into_iter().map(Cow::Owned).collect())
+        }
+        (_, None) => Err(ExportError::PartSize {
+            tensor: e.name.clone(),
+            part: e.name.clone(),
+            got: 0,
+            expected: e.bytes_out(),
+        }),
+    }
+}
