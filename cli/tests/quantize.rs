@@ -114,6 +114,8 @@ fn other_layouts_are_detected() {
         ("fp4_scaled", "compressed-tensors", "compressed-tensors:nvfp4-pack-quantized"),
         ("nvfp4", "compressed-tensors", "compressed-tensors:nvfp4-pack-quantized"),
         ("fp4_scaled", "modelopt", "modelopt:W4A16_NVFP4"),
+        ("fp8_dynamic", "compressed-tensors", "compressed-tensors:float-quantized"),
+        ("fp8_channel", "compressed-tensors", "compressed-tensors:float-quantized"),
     ];
     for (i, (fmt, layout, scheme)) in cases.into_iter().enumerate() {
         let out = dir.path().join(format!("out{i}"));
@@ -251,6 +253,20 @@ fn gguf_input_with_gguf_type_is_requantized() {
     let report = inspect_json(&out);
     assert_eq!(report["format"], "gguf");
     assert_eq!(report["scheme"], "gguf:MOSTLY_Q8_0");
+}
+
+#[test]
+fn gguf_dry_run_reports_the_recipe_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let r = quantize(&fixture("tiny.gguf"), &out, &["--fmt", "Q4_K_M", "--dry-run", "--json"]);
+    assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+    assert!(!out.exists());
+    let v: Value = serde_json::from_str(&stdout(&r)).unwrap();
+    assert_eq!((v["fmt"].as_str(), v["layout"].as_str()), (Some("Q4_K_M"), Some("gguf")));
+    let n = v["tensors"].as_array().unwrap().len() as u64;
+    assert_eq!(v["summary"]["tensors"], n);
+    assert!(n > 0);
 }
 
 // ---- bad input: one named test per case ----

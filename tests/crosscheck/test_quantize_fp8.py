@@ -120,6 +120,14 @@ def fp8_ct_tensor(x, dt):
     return fp8_codes(q, "e4m3"), scale
 
 
+def fp8_ct_channel(x, dt):
+    """formats.md §2.1 `channel`: one scale per output row, scale shape (N, 1)."""
+    scale = rnd(np.max(np.abs(x), axis=1) / F32(448.0), dt)
+    scale = np.where(scale == 0, F32(EPS[dt]), scale).astype(F32)
+    q = np.clip(rnd(x / scale[:, None], dt) + F32(0.0), -448, 448)
+    return fp8_codes(q, "e4m3"), scale
+
+
 def scalar_bytes(v, dtype):
     return np.array([v], dtype=F32).astype(NP_DTYPE[dtype]).tobytes()
 
@@ -170,6 +178,8 @@ SEED = {
     "fp4_scaled": ("nvfp4", None, True),
     "fp4_scaled_fast": ("nvfp4", None, False),
     "nvfp4": ("nvfp4", None, True),
+    "fp8_channel": ("channel", "e4m3", True),
+    "fp8_dynamic": ("channel", "e4m3", False),
 }
 ST_FP8 = {"e4m3": "F8_E4M3", "e5m2": "F8_E5M2"}
 COMFY_FP8 = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
@@ -192,6 +202,10 @@ def expected_layer(fmt_name, layout, prefix, w, dtype):
             cq = comfy_quant(COMFY_FP8[fmt], fpmm)
         elif layout == "compressed-tensors":
             out[f"{prefix}.weight_scale"] = (dtype, (1,), scalar_bytes(1.0, dtype))
+    elif scheme == "channel":
+        q, s = fp8_ct_channel(x, dtype)
+        out[f"{prefix}.weight"] = ("F8_E4M3", (n, k), q.tobytes())
+        out[f"{prefix}.weight_scale"] = (dtype, (n, 1), s.astype(NP_DTYPE[dtype]).tobytes())
     elif scheme == "scaled" and layout == "compressed-tensors":
         q, s = fp8_ct_tensor(x, dtype)
         out[f"{prefix}.weight"] = ("F8_E4M3", (n, k), q.tobytes())
@@ -253,7 +267,9 @@ def compare(got, want):
             raise AssertionError(f"{name}: bytes differ ({len(bad)} of {a.size}, first at {bad[:5]})")
 
 
-CASES = [(f, "comfy") for f in SEED if f != "nvfp4"] + [
+CASES = [(f, "comfy") for f in SEED if f not in ("nvfp4", "fp8_channel", "fp8_dynamic")] + [
+    ("fp8_channel", "compressed-tensors"),
+    ("fp8_dynamic", "compressed-tensors"),
     ("fp8_e4m3fn", "comfy-legacy"),
     ("fp8_e5m2", "comfy-legacy"),
     ("fp8_e4m3fn_scaled", "comfy-legacy"),
@@ -294,7 +310,8 @@ def check_side_config(out, fmt_name, layout, inp, quantized):
         if scheme.startswith("nvfp4"):
             fmt, w, ia = "nvfp4-pack-quantized", args(4, "tensor_group", 16, False), None
         else:
-            fmt, w = "float-quantized", args(8, "tensor", None, False)
+            strategy = "channel" if scheme == "channel" else "tensor"
+            fmt, w = "float-quantized", args(8, strategy, None, False)
             ia = None if fpmm else args(8, "token", None, True)
         assert qc == {
             "config_groups": {"group_0": {"input_activations": ia, "output_activations": None,
@@ -348,3 +365,14 @@ def test_comfy_quant_bytes_are_json_dumps(run_qtool, tmp_path):
     markers = [v for k, v in got.items() if k.endswith(".comfy_quant")]
     assert markers and all(m[2] == json.dumps({"format": "float8_e5m2"}).encode() for m in markers)
     assert all(m[2] == b'{"format": "float8_e5m2"}' for m in markers)
+
+
+def test_formats_catalog_comfy_quant_is_json_dumps(qtool_json):
+    formats = {f["name"]: f for f in qtool_json("formats")["formats"]}
+    comfy = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
+    for name, (scheme, fmt, fpmm) in SEED.items():
+        if "comfy" not in formats[name]["layouts"]:
+            assert "comfy_quant" not in formats[name], name
+            continue
+        want = comfy_quant(comfy[fmt] if fmt else "nvfp4", fpmm).decode()
+        assert formats[name]["comfy_quant"] == want, name

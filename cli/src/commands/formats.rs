@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use comfy_table::{presets, ContentArrangement, Table};
 use qtool_formats::DType;
-use qtool_quantizers::export::{plan::layer_outputs, plan::LayerPlan, Scheme, FORMATS};
+use qtool_quantizers::export::plan::{comfy_quant_bytes, layer_outputs, LayerPlan};
+use qtool_quantizers::export::{Layout, Scheme, FORMATS};
 use qtool_quantizers::float::ComputeDType;
 use qtool_quantizers::recipe::FileType;
 use serde::Serialize;
@@ -31,6 +32,9 @@ struct Fmt {
     layouts: Vec<&'static str>,
     /// Per quantized layer `L` in the default layout: `L.suffix DTYPE`.
     writes: Vec<String>,
+    /// The exact text of `L.comfy_quant` in the `comfy` layout, where the name has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comfy_quant: Option<String>,
 }
 
 pub fn run(out: &Output) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,8 @@ pub fn run(out: &Output) -> anyhow::Result<ExitCode> {
                     .map(|t| format!("{} {}", t.name, t.dtype))
                     .collect()
             },
+            comfy_quant: (f.scheme != Scheme::Passthrough && f.supports(Layout::Comfy))
+                .then(|| String::from_utf8_lossy(&comfy_quant_bytes(f)).into_owned()),
         })
         .collect();
     for (ft, name) in FileType::ALL.iter().zip(gguf_names()) {
@@ -69,6 +75,7 @@ pub fn run(out: &Output) -> anyhow::Result<ExitCode> {
             default_layout: "gguf",
             layouts: vec!["gguf"],
             writes: Vec::new(),
+            comfy_quant: None,
         });
     }
     let report = Report { schema_version: 1, formats };

@@ -63,6 +63,8 @@ pub enum Scheme {
     Fp8Cast(Fp8Format),
     /// FP8 with a per-tensor `amax / fp8_max` scale.
     Fp8Scaled(Fp8Format),
+    /// E4M3 with one `amax / 448` scale per output channel (compressed-tensors `channel`).
+    Fp8Channel,
     /// NVFP4 (E2M1, 16-element E4M3 block scales, F32 tensor scale).
     Nvfp4,
     /// ComfyUI's NVFP4 with the tensor scale fixed at 1.0.
@@ -77,6 +79,7 @@ impl Scheme {
             Scheme::Fp8Cast(Fp8Format::E5M2) => "fp8-e5m2-cast",
             Scheme::Fp8Scaled(Fp8Format::E4M3Fn) => "fp8-e4m3fn-per-tensor",
             Scheme::Fp8Scaled(Fp8Format::E5M2) => "fp8-e5m2-per-tensor",
+            Scheme::Fp8Channel => "fp8-e4m3fn-per-channel",
             Scheme::Nvfp4 => "nvfp4",
             Scheme::Nvfp4Experimental => "nvfp4-unit-tensor-scale",
         }
@@ -110,6 +113,8 @@ const FP8_E5_SCALED_LAYOUTS: &[Layout] = &[Comfy];
 const FP8_E5_CAST_LAYOUTS: &[Layout] = &[Comfy, ComfyLegacy];
 const NVFP4_WEIGHT_ONLY_LAYOUTS: &[Layout] = &[Comfy, CompressedTensors, ModelOpt];
 const COMFY_ONLY: &[Layout] = &[Comfy];
+/// ComfyUI defines per-tensor FP8 scales only (formats.md §1.3.1).
+const CT_ONLY: &[Layout] = &[CompressedTensors];
 
 /// Every `--fmt` name of the safetensors quantizer, seed names first.
 pub const FORMATS: &[FmtSpec] = &[
@@ -210,6 +215,22 @@ pub const FORMATS: &[FmtSpec] = &[
         summary: "NVFP4 with amax/2688 tensor scale, fp4 matmul",
     },
     FmtSpec {
+        name: "fp8_channel",
+        scheme: Scheme::Fp8Channel,
+        full_precision_mm: true,
+        default_layout: CompressedTensors,
+        layouts: CT_ONLY,
+        summary: "F8_E4M3 with per-output-channel amax/448 scales, weight-only (W8A16)",
+    },
+    FmtSpec {
+        name: "fp8_dynamic",
+        scheme: Scheme::Fp8Channel,
+        full_precision_mm: false,
+        default_layout: CompressedTensors,
+        layouts: CT_ONLY,
+        summary: "F8_E4M3 per-channel weights + dynamic per-token FP8 activations (FP8_DYNAMIC)",
+    },
+    FmtSpec {
         name: "nvfp4",
         scheme: Scheme::Nvfp4,
         full_precision_mm: true,
@@ -250,6 +271,7 @@ impl FmtSpec {
             (Scheme::Fp8Cast(E5) | Scheme::Fp8Scaled(E5), CompressedTensors) => {
                 "compressed-tensors quantizes 8-bit floats to E4M3 only"
             }
+            (Scheme::Fp8Channel, _) => "per-channel FP8 scales are a compressed-tensors layout only",
             (Scheme::Fp8Cast(_) | Scheme::Fp8Scaled(_), ModelOpt) => {
                 "ModelOpt FP8 needs a calibrated input_scale, which quantize does not compute"
             }

@@ -37,6 +37,11 @@ pub fn compressed_tensors(plan: &QuantizePlan) -> Option<Value> {
             args(8, "tensor", None, false),
             if plan.fmt.full_precision_mm { Value::Null } else { args(8, "token", None, true) },
         ),
+        Scheme::Fp8Channel => (
+            "float-quantized",
+            args(8, "channel", None, false),
+            if plan.fmt.full_precision_mm { Value::Null } else { args(8, "token", None, true) },
+        ),
         Scheme::Nvfp4 | Scheme::Nvfp4Experimental => {
             ("nvfp4-pack-quantized", args(4, "tensor_group", Some(16), false), Value::Null)
         }

@@ -41,6 +41,11 @@ pub fn encode(
             let q = fp8_scaled::quantize_compressed_tensors(&m, Granularity::Tensor, &opts)?;
             vec![q.data, scalar_in(l.dtype, q.scales[0])]
         }
+        (Scheme::Fp8Channel, _) => {
+            let q = fp8_scaled::quantize_compressed_tensors(&m, Granularity::Channel, &opts)?;
+            let scales = q.scales.iter().flat_map(|&s| scalar_in(l.dtype, s)).collect();
+            vec![q.data, scales]
+        }
         (Scheme::Fp8Scaled(f), _) => {
             let q = fp8_scaled::quantize_comfy(&m, f, &opts)?;
             vec![q.data, q.scales[0].to_le_bytes().to_vec(), comfy_quant()]

@@ -297,6 +297,7 @@ fn comfy_format_name(scheme: Scheme) -> &'static str {
             "float8_e4m3fn"
         }
         Scheme::Fp8Cast(Fp8Format::E5M2) | Scheme::Fp8Scaled(Fp8Format::E5M2) => "float8_e5m2",
+        Scheme::Fp8Channel => "float8_e4m3fn",
         Scheme::Nvfp4 | Scheme::Nvfp4Experimental | Scheme::Passthrough => "nvfp4",
     }
 }
@@ -324,6 +325,10 @@ pub fn layer_outputs(fmt: &FmtSpec, layout: Layout, l: &LayerPlan) -> Vec<Planne
         (Scheme::Fp8Cast(f) | Scheme::Fp8Scaled(f), Layout::CompressedTensors) => vec![
             st(name("weight"), f.dtype(), vec![n, k]),
             st(name("weight_scale"), l.dtype, vec![1]),
+        ],
+        (Scheme::Fp8Channel, _) => vec![
+            st(name("weight"), DType::F8E4M3, vec![n, k]),
+            st(name("weight_scale"), l.dtype, vec![n, 1]),
         ],
         (Scheme::Fp8Cast(f) | Scheme::Fp8Scaled(f), _) => vec![
             st(name("weight"), f.dtype(), vec![n, k]),
