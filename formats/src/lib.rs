@@ -26,7 +26,9 @@ pub use checkpoint::{open, Checkpoint};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gguf::GgmlType;
-pub use tensor::{ContainerFormat, PlannedTensor, TensorDType, TensorInfo, TensorRef, TensorSink, TensorSource};
+pub use tensor::{
+    ContainerFormat, PlannedTensor, TensorDType, TensorInfo, TensorRef, TensorSink, TensorSource,
+};
 
 /// Byte-level entry points of the parsers, for the fuzz targets in `fuzz/` (not a stable API).
 #[doc(hidden)]

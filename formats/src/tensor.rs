@@ -152,14 +152,26 @@ pub trait TensorSink {
 }
 
 /// Helper for sinks: checks that `name`/`len` are what the plan expects at position `next`.
-pub fn check_next(plan: &[PlannedTensor], next: usize, name: &str, len: usize, path: &Path) -> Result<()> {
+pub fn check_next(
+    plan: &[PlannedTensor],
+    next: usize,
+    name: &str,
+    len: usize,
+    path: &Path,
+) -> Result<()> {
     let Some(expected) = plan.get(next) else {
-        return Err(crate::Error::invalid(path, format!("tensor '{name}' written after the plan was complete")));
+        return Err(crate::Error::invalid(
+            path,
+            format!("tensor '{name}' written after the plan was complete"),
+        ));
     };
     if expected.name != name {
         return Err(crate::Error::invalid(
             path,
-            format!("tensor '{name}' written out of order (the plan expects '{}' next)", expected.name),
+            format!(
+                "tensor '{name}' written out of order (the plan expects '{}' next)",
+                expected.name
+            ),
         ));
     }
     if expected.nbytes != len as u64 {

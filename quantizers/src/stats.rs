@@ -103,8 +103,8 @@ impl Partial {
         let tail = chunks.remainder();
         for c in chunks {
             let c: &[f32; LANES] = c.try_into().expect("chunks_exact yields LANES values");
-            for l in 0..LANES {
-                first_pass(l, c[l]);
+            for (l, &x) in c.iter().enumerate() {
+                first_pass(l, x);
             }
         }
         for (l, &x) in tail.iter().enumerate() {
@@ -136,8 +136,8 @@ impl Partial {
         };
         for c in values.chunks_exact(LANES) {
             let c: &[f32; LANES] = c.try_into().expect("chunks_exact yields LANES values");
-            for l in 0..LANES {
-                second_pass(l, c[l]);
+            for (l, &x) in c.iter().enumerate() {
+                second_pass(l, x);
             }
         }
         for (l, &x) in tail.iter().enumerate() {

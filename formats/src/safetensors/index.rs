@@ -82,7 +82,10 @@ impl SafetensorsSource {
 }
 
 /// Returns the weight map (sorted by tensor name) and the `metadata` object.
-pub(crate) fn parse_index(path: &Path, text: &[u8]) -> Result<(BTreeMap<String, String>, Map<String, Value>)> {
+pub(crate) fn parse_index(
+    path: &Path,
+    text: &[u8],
+) -> Result<(BTreeMap<String, String>, Map<String, Value>)> {
     let invalid = |msg: String| SafetensorsError::IndexInvalid { path: path.into(), msg };
     let value: Value = serde_json::from_slice(text)
         .map_err(|source| SafetensorsError::IndexNotJson { path: path.into(), source })?;
