@@ -182,11 +182,9 @@ pub(crate) fn make_qkx2_quants(
     ScaleMin { scale, min: -min }
 }
 
-/// Symmetric quantization of one group to `-nmax..nmax-1` (stored shifted by `nmax`), trying
-/// 19 inverse scales around `-nmax / max` and keeping the weighted least-squares best
-/// (`make_qx_quants` with `rmse_type = 1`): weights are the importance `qw` when given, else
-/// `x²`. Returns the scale; a group below [`GROUP_MAX_EPS`] gets levels 0 and scale 0.
-pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f32]>) -> f32 {
+/// The element of largest magnitude (the first one on ties, with its sign) and that magnitude:
+/// the symmetric searches scale by the signed extreme so that it lands on `-nmax` exactly.
+pub(crate) fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -196,6 +194,15 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f3
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// Symmetric quantization of one group to `-nmax..nmax-1` (stored shifted by `nmax`), trying
+/// 19 inverse scales around `-nmax / max` and keeping the weighted least-squares best
+/// (`make_qx_quants` with `rmse_type = 1`): weights are the importance `qw` when given, else
+/// `x²`. Returns the scale; a group below [`GROUP_MAX_EPS`] gets levels 0 and scale 0.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: Option<&[f32]>) -> f32 {
+    let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -370,15 +377,7 @@ pub(crate) fn pack_k4_levels(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 /// then up to five passes of coordinate descent on the `x²`-weighted error. Levels are stored
 /// shifted by `nmax`.
 pub(crate) fn make_q3_quants_rmse(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (max, amax) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;

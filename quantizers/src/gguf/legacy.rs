@@ -66,20 +66,6 @@ const _: () = assert!(size_of::<BlockQ5_0>() as u64 == GgmlType::Q5_0.type_size(
 const _: () = assert!(size_of::<BlockQ5_1>() as u64 == GgmlType::Q5_1.type_size());
 const _: () = assert!(size_of::<BlockQ8_0>() as u64 == GgmlType::Q8_0.type_size());
 
-/// The signed value of largest magnitude (the first one on ties), as the symmetric legacy types
-/// pick it: its sign makes the scale negative so that it lands exactly on level 0.
-fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    max
-}
-
 /// Minimum and maximum as the asymmetric legacy types scan them (NaN never replaces a bound).
 fn min_max(x: &[f32]) -> (f32, f32) {
     let mut min = f32::MAX;
@@ -175,7 +161,7 @@ impl BlockCodec for BlockQ4_0 {
 
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (x, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let d = signed_absmax(x) / -8.0;
+            let d = signed_absmax_value(x) / -8.0;
             let id = inverse(d);
             b.d = f32_to_fp16(d);
             // MIN(15, (int8_t)...) compares as signed before the byte is stored.
@@ -252,7 +238,7 @@ impl BlockCodec for BlockQ5_0 {
 
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (x, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let d = signed_absmax(x) / -16.0;
+            let d = signed_absmax_value(x) / -16.0;
             let id = inverse(d);
             b.d = f32_to_fp16(d);
             let mut q = [0u8; QK];
@@ -345,4 +331,10 @@ impl BlockCodec for BlockQ8_0 {
             }
         }
     }
+}
+
+/// The signed value of largest magnitude, as the symmetric legacy types pick it: its sign makes
+/// the scale negative so that it lands exactly on level 0.
+fn signed_absmax_value(x: &[f32]) -> f32 {
+    super::common::signed_absmax(x).0
 }

@@ -37,14 +37,7 @@ impl BlockCodec for BlockQ8K {
     /// qtool writes zeros there so output never depends on the buffer's previous contents.
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (x, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-            let mut max = 0.0f32;
-            let mut amax = 0.0f32;
-            for &v in x {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
+            let (max, amax) = super::common::signed_absmax(x);
             if amax == 0.0 {
                 *b = Self::zeroed();
                 continue;
