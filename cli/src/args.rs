@@ -39,6 +39,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Report the CUDA driver, NVRTC and GPUs qtool can use (always exits 0).
     GpuInfo,
+    /// Move an INT4/INT8 checkpoint (GPTQ, AWQ, compressed-tensors) to another layout or to
+    /// vLLM's legacy Marlin checkpoint, losslessly or not at all.
+    Repack(RepackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,7 +92,8 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "FMT")]
     pub fmt: String,
 
-    /// Checkpoint layout: comfy, comfy-legacy, compressed-tensors, modelopt (default per FMT).
+    /// Checkpoint layout: comfy, comfy-legacy, compressed-tensors, modelopt, gptq, awq (default
+    /// per FMT).
     #[arg(long, value_name = "L")]
     pub layout: Option<String>,
 
@@ -114,4 +118,49 @@ pub struct QuantizeArgs {
     /// GGUF only: allow requantizing tensors that are already quantized.
     #[arg(long)]
     pub allow_requantize: bool,
+
+    /// w4a16/w8a16: how weights are rounded (rtn: round-to-nearest with the layout's own
+    /// scale/zero formula; calibrated methods are not implemented).
+    #[arg(long, value_name = "METHOD", value_parser = ["rtn"], default_value = "rtn")]
+    pub method: String,
+
+    /// w4a16/w8a16: columns per scale (32, 64, 128, ... or -1 for one per output channel;
+    /// default 128).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub group_size: Option<i64>,
+
+    /// w4a16/w8a16: symmetric codes, no zero points (the default except for awq).
+    #[arg(long, conflicts_with = "asym")]
+    pub sym: bool,
+
+    /// w4a16/w8a16: asymmetric codes with zero points (awq is asymmetric only).
+    #[arg(long)]
+    pub asym: bool,
+
+    /// --layout gptq: v1 (AutoGPTQ, zeros stored as zero-1; default) or v2 (true zeros).
+    #[arg(long, value_name = "V", value_parser = ["v1", "v2"])]
+    pub gptq_format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RepackArgs {
+    /// A GPTQ, AWQ (GEMM) or compressed-tensors pack-quantized checkpoint directory.
+    pub input: PathBuf,
+
+    /// The output directory (created; must not exist or be empty).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// The layout to write: marlin (vLLM legacy B/s), gptq, awq or compressed-tensors.
+    #[arg(long, value_name = "T", value_parser = ["marlin", "gptq", "awq", "compressed-tensors"])]
+    pub target: String,
+
+    /// Tensor-parallel sizes the Marlin output must load on (each layer is checked split
+    /// column- or row-parallel as vLLM splits it), e.g. 1,2,4,8 (default 1).
+    #[arg(long, value_name = "N,..", value_delimiter = ',', default_value = "1")]
+    pub tp: Vec<usize>,
+
+    /// --target gptq: v1 (zeros stored as zero-1; default) or v2 (true zeros).
+    #[arg(long, value_name = "V", value_parser = ["v1", "v2"])]
+    pub gptq_format: Option<String>,
 }

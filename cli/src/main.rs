@@ -52,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => commands::inspect::run(&args, &out),
         Command::GpuInfo => commands::gpu_info::run(&out),
+        Command::Repack(args) => commands::repack::run(&args, &out),
         Command::Quantize(args) => commands::quantize::run(&args, &out),
         Command::Formats => commands::formats::run(&out),
         Command::Convert(args) => commands::convert::run(&args, &out),

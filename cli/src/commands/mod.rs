@@ -6,4 +6,5 @@ pub mod formats;
 pub mod gpu_info;
 pub mod inspect;
 pub mod quantize;
+pub mod repack;
 pub mod stats;

@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail};
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use qtool_formats::conventions::{detect_scheme, Scheme as Detected};
 use qtool_formats::{Checkpoint, PlannedTensor};
-use qtool_quantizers::export::{self, output, Action, FmtSpec, Layout, QuantizePlan, Request};
+use qtool_quantizers::export::{
+    self, output, Action, FmtSpec, IntOptions, Layout, QuantizePlan, Request,
+};
 use qtool_quantizers::recipe::{self, FileType, FileTypeError, RecipeOptions};
 use serde::Serialize;
 
@@ -107,7 +109,17 @@ fn run_safetensors(
         ),
         Some(name) => Some(parse_layout(name)?),
     };
-    let req = Request::new(spec, layout, &args.ignore, &args.include, args.allow_nonfinite)?;
+    let int_opts = IntOptions {
+        group_size: args.group_size,
+        symmetric: match (args.sym, args.asym) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        gptq_v2: args.gptq_format.as_deref() == Some("v2"),
+    };
+    let req = Request::new(spec, layout, &args.ignore, &args.include, args.allow_nonfinite)?
+        .with_int_options(&int_opts)?;
     let ckpt = qtool_formats::open(&args.input)?;
     if let Checkpoint::Gguf { .. } = ckpt {
         bail!(
@@ -260,6 +272,9 @@ fn run_gguf(args: &QuantizeArgs, ft: FileType, out: &Output) -> anyhow::Result<E
     }
     if !args.ignore.is_empty() || !args.include.is_empty() {
         bail!("--ignore/--include apply to safetensors formats; GGUF recipes follow llama.cpp's per-tensor rules");
+    }
+    if args.group_size.is_some() || args.sym || args.asym || args.gptq_format.is_some() {
+        bail!("--group-size, --sym/--asym and --gptq-format apply to w4a16 and w8a16 only");
     }
     let ckpt = qtool_formats::open(&args.input)?;
     let Checkpoint::Gguf { file, .. } = &ckpt else {

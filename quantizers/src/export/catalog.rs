@@ -23,11 +23,21 @@ pub enum Layout {
     CompressedTensors,
     /// NVIDIA ModelOpt export with `hf_quant_config.json` (formats.md §5.2).
     ModelOpt,
+    /// AutoGPTQ / GPTQModel `qweight`/`qzeros`/`scales`/`g_idx` + `quantize_config.json` (§3.1).
+    Gptq,
+    /// AutoAWQ GEMM `qweight`/`qzeros`/`scales` + `quantization_config` in `config.json` (§3.2).
+    Awq,
 }
 
 impl Layout {
-    pub const ALL: [Layout; 4] =
-        [Layout::Comfy, Layout::ComfyLegacy, Layout::CompressedTensors, Layout::ModelOpt];
+    pub const ALL: [Layout; 6] = [
+        Layout::Comfy,
+        Layout::ComfyLegacy,
+        Layout::CompressedTensors,
+        Layout::ModelOpt,
+        Layout::Gptq,
+        Layout::Awq,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -35,6 +45,8 @@ impl Layout {
             Layout::ComfyLegacy => "comfy-legacy",
             Layout::CompressedTensors => "compressed-tensors",
             Layout::ModelOpt => "modelopt",
+            Layout::Gptq => "gptq",
+            Layout::Awq => "awq",
         }
     }
 
@@ -44,7 +56,7 @@ impl Layout {
 
     /// Whether the layout's loader needs `config.json` / side files, hence a directory output.
     pub const fn needs_config(self) -> bool {
-        matches!(self, Layout::CompressedTensors | Layout::ModelOpt)
+        matches!(self, Layout::CompressedTensors | Layout::ModelOpt | Layout::Gptq | Layout::Awq)
     }
 }
 
@@ -69,6 +81,9 @@ pub enum Scheme {
     Nvfp4,
     /// ComfyUI's NVFP4 with the tensor scale fixed at 1.0.
     Nvfp4Experimental,
+    /// Group-wise round-to-nearest integer weights of `bits` bits (W4A16 / W8A16), with the
+    /// scale/zero formula of the layout's own tool (see [`crate::int::rtn`]).
+    IntWeight { bits: u32 },
 }
 
 impl Scheme {
@@ -82,6 +97,8 @@ impl Scheme {
             Scheme::Fp8Channel => "fp8-e4m3fn-per-channel",
             Scheme::Nvfp4 => "nvfp4",
             Scheme::Nvfp4Experimental => "nvfp4-unit-tensor-scale",
+            Scheme::IntWeight { bits: 4 } => "int4-weight-only",
+            Scheme::IntWeight { .. } => "int8-weight-only",
         }
     }
 }
@@ -101,7 +118,7 @@ pub struct FmtSpec {
 
 const E4: Fp8Format = Fp8Format::E4M3Fn;
 const E5: Fp8Format = Fp8Format::E5M2;
-use Layout::{Comfy, ComfyLegacy, CompressedTensors, ModelOpt};
+use Layout::{Awq, Comfy, ComfyLegacy, CompressedTensors, Gptq, ModelOpt};
 
 const ALL_LAYOUTS: &[Layout] = &[Comfy, ComfyLegacy, CompressedTensors, ModelOpt];
 /// compressed-tensors quantizes 8-bit floats to E4M3 only; ModelOpt per-tensor FP8 needs a
@@ -113,6 +130,9 @@ const FP8_E5_SCALED_LAYOUTS: &[Layout] = &[Comfy];
 const FP8_E5_CAST_LAYOUTS: &[Layout] = &[Comfy, ComfyLegacy];
 const NVFP4_WEIGHT_ONLY_LAYOUTS: &[Layout] = &[Comfy, CompressedTensors, ModelOpt];
 const COMFY_ONLY: &[Layout] = &[Comfy];
+/// AWQ GEMM stores 4-bit codes only (formats.md §3.2).
+const INT4_LAYOUTS: &[Layout] = &[CompressedTensors, Gptq, Awq];
+const INT8_LAYOUTS: &[Layout] = &[CompressedTensors, Gptq];
 /// ComfyUI defines per-tensor FP8 scales only (formats.md §1.3.1).
 const CT_ONLY: &[Layout] = &[CompressedTensors];
 
@@ -238,6 +258,22 @@ pub const FORMATS: &[FmtSpec] = &[
         layouts: &[CompressedTensors, Comfy, ModelOpt],
         summary: "NVFP4 weight-only (W4A16), compressed-tensors by default",
     },
+    FmtSpec {
+        name: "w4a16",
+        scheme: Scheme::IntWeight { bits: 4 },
+        full_precision_mm: true,
+        default_layout: CompressedTensors,
+        layouts: INT4_LAYOUTS,
+        summary: "INT4 group-wise RTN weight-only (pack-quantized, gptq or awq)",
+    },
+    FmtSpec {
+        name: "w8a16",
+        scheme: Scheme::IntWeight { bits: 8 },
+        full_precision_mm: true,
+        default_layout: CompressedTensors,
+        layouts: INT8_LAYOUTS,
+        summary: "INT8 group-wise RTN weight-only (pack-quantized or gptq)",
+    },
 ];
 
 /// The spec of a `--fmt` name (exact, lower case).
@@ -258,6 +294,11 @@ impl FmtSpec {
     /// Why `layout` cannot express this name, for the error message.
     pub fn mismatch_reason(&self, layout: Layout) -> &'static str {
         match (self.scheme, layout) {
+            (Scheme::IntWeight { .. }, Awq) => "AWQ GEMM stores 4-bit weights only",
+            (Scheme::IntWeight { .. }, _) => {
+                "integer weight-only formats are written as compressed-tensors, gptq or awq"
+            }
+            (_, Gptq | Awq) => "the gptq and awq layouts hold integer weights only (w4a16, w8a16)",
             (Scheme::Nvfp4 | Scheme::Nvfp4Experimental, ComfyLegacy) => {
                 "the legacy ComfyUI layout holds only scaled FP8"
             }

@@ -45,6 +45,20 @@ pub fn compressed_tensors(plan: &QuantizePlan) -> Option<Value> {
         Scheme::Nvfp4 | Scheme::Nvfp4Experimental => {
             ("nvfp4-pack-quantized", args(4, "tensor_group", Some(16), false), Value::Null)
         }
+        Scheme::IntWeight { bits } => {
+            let s = plan.int?;
+            let group = s.group_size.to_i64();
+            let weights = json!({
+                "actorder": null,
+                "dynamic": false,
+                "group_size": (group > 0).then_some(group),
+                "num_bits": bits,
+                "strategy": if group > 0 { "group" } else { "channel" },
+                "symmetric": s.symmetric,
+                "type": "int",
+            });
+            ("pack-quantized", weights, Value::Null)
+        }
         Scheme::Passthrough => return None,
     };
     Some(json!({
@@ -64,6 +78,55 @@ pub fn compressed_tensors(plan: &QuantizePlan) -> Option<Value> {
         "quantization_status": "compressed",
         "sparsity_config": {},
         "transform_config": {},
+    }))
+}
+
+/// `config.json["quantization_config"]` for every layout that keeps one there:
+/// compressed-tensors, AWQ (AutoAWQ's `to_transformers_dict`, formats.md §3.2) and GPTQ (the
+/// same object as `quantize_config.json`, as transformers-saved GPTQ checkpoints carry it).
+pub fn quantization_config(plan: &QuantizePlan) -> Option<Value> {
+    match plan.layout {
+        Layout::CompressedTensors => compressed_tensors(plan),
+        Layout::Gptq => gptq(plan),
+        Layout::Awq => awq(plan),
+        _ => None,
+    }
+}
+
+/// `quantize_config.json` of a GPTQ output (formats.md §3.1): the four keys vLLM's GPTQ loaders
+/// require (`bits`, `group_size`, `desc_act`, `sym`), `quant_method`, and `checkpoint_format`
+/// (`gptq` = v1 zeros stored as `zero - 1`, `gptq_v2` = true zeros). RTN has no activation
+/// order, so `desc_act` is false.
+pub fn gptq(plan: &QuantizePlan) -> Option<Value> {
+    if plan.layout != Layout::Gptq {
+        return None;
+    }
+    let s = plan.int?;
+    Some(json!({
+        "bits": s.bits.get(),
+        "group_size": s.group_size.to_i64(),
+        "desc_act": false,
+        "sym": s.symmetric,
+        "quant_method": "gptq",
+        "checkpoint_format": s.gptq_checkpoint_format(),
+    }))
+}
+
+/// AutoAWQ's `quantization_config` (formats.md §3.2); `modules_to_not_convert` lists the
+/// linear layers left unquantized (null when none, as AutoAWQ writes it).
+pub fn awq(plan: &QuantizePlan) -> Option<Value> {
+    if plan.layout != Layout::Awq {
+        return None;
+    }
+    let s = plan.int?;
+    let kept = plan.unquantized_layers();
+    Some(json!({
+        "quant_method": "awq",
+        "zero_point": true,
+        "group_size": s.group_size.to_i64(),
+        "bits": s.bits.get(),
+        "version": "gemm",
+        "modules_to_not_convert": if kept.is_empty() { Value::Null } else { json!(kept) },
     }))
 }
 

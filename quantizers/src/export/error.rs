@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::decode::DecodeError;
 use crate::float::FloatError;
+use crate::int::IntError;
 
 use super::catalog::Layout;
 
@@ -11,6 +12,21 @@ use super::catalog::Layout;
 pub enum ExportError {
     #[error("{}: tensor '{tensor}': {source}", path.display())]
     Quantize { path: PathBuf, tensor: String, source: FloatError },
+
+    #[error("{}: tensor '{tensor}': {source}", path.display())]
+    QuantizeInt { path: PathBuf, tensor: String, source: IntError },
+
+    /// A selected weight whose shape the layout cannot hold (leave it out with `--ignore`).
+    #[error("tensor '{tensor}' [{}x{}] cannot be written in layout {layout}: {rule} (or leave it unquantized with --ignore)", shape[0], shape[1])]
+    Shape { tensor: String, shape: [usize; 2], layout: Layout, rule: String },
+
+    /// A layer `repack` cannot move to the target, with the rule that fails.
+    #[error("tensor '{tensor}': {rule}")]
+    Repack { tensor: String, rule: String },
+
+    /// Options that do not fit together.
+    #[error("{0}")]
+    Usage(String),
 
     /// `source` already names the tensor.
     #[error("{}: {source}", path.display())]

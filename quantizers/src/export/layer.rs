@@ -64,6 +64,12 @@ pub fn encode(
             }
             parts
         }
+        (Scheme::IntWeight { .. }, _) => {
+            return Err(FloatError::Unsupported {
+                scheme: "integer weight-only",
+                reason: "integer layers are encoded by export::int_layer".into(),
+            })
+        }
         (Scheme::Passthrough, _) => {
             return Err(FloatError::Unsupported {
                 scheme: "disabled",

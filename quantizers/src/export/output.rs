@@ -161,7 +161,7 @@ fn write_dir(
         _ => files[0].parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let mut cfg = ckpt.config().cloned();
-    if let Some(qc) = config::compressed_tensors(plan) {
+    if let Some(qc) = config::quantization_config(plan) {
         let mut c = cfg.take().unwrap_or_else(|| Value::Object(Default::default()));
         if let Value::Object(map) = &mut c {
             map.insert("quantization_config".into(), qc);
@@ -170,6 +170,9 @@ fn write_dir(
         written.push(write_json(&out.join("config.json"), cfg.as_ref().unwrap_or(&Value::Null))?);
     } else if ckpt.config().is_some() {
         written.push(copy_file(&input_dir.join("config.json"), &out.join("config.json"))?);
+    }
+    if let Some(qc) = config::gptq(plan) {
+        written.push(write_json(&out.join("quantize_config.json"), &qc)?);
     }
     if let Some(hf) = config::modelopt(plan) {
         written.push(write_json(&out.join("hf_quant_config.json"), &hf)?);
@@ -209,7 +212,7 @@ impl TensorSink for ShardedSink {
     }
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<PathBuf, ExportError> {
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<PathBuf, ExportError> {
     let mut text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::invalid(path, format!("cannot serialize: {e}")))?;
     text.push('\n');
@@ -218,7 +221,7 @@ fn write_json(path: &Path, value: &Value) -> Result<PathBuf, ExportError> {
     Ok(f.commit()?)
 }
 
-fn copy_file(src: &Path, dst: &Path) -> Result<PathBuf, ExportError> {
+pub(crate) fn copy_file(src: &Path, dst: &Path) -> Result<PathBuf, ExportError> {
     let bytes = fs::read(src).map_err(|e| Error::io(src, e))?;
     let mut f = AtomicFile::create(dst)?;
     f.writer().write_all(&bytes).map_err(|e| Error::io(dst, e))?;

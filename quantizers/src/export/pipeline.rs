@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use crate::decode;
 
 use super::error::ExportError;
-use super::layer;
 use super::plan::{Action, PlanEntry, QuantizePlan};
+use super::{int_layer, layer};
 
 /// Bytes of working memory (f32 copies plus outputs) a window may hold; one tensor larger than
 /// this still goes through, alone.
@@ -87,9 +87,18 @@ fn produce<'a>(
             let tensor = TensorRef { info, data: source.data(info) };
             let w = decode::decode_all(tensor)
                 .map_err(|source| ExportError::Decode { path: path(), source })?;
-            let parts = layer::encode(plan.fmt, plan.layout, l, &w, plan.allow_nonfinite).map_err(
-                |source| ExportError::Quantize { path: path(), tensor: info.name.clone(), source },
-            )?;
+            let parts = match &plan.int {
+                Some(s) => int_layer::encode(plan.layout, s, l, &w).map_err(|source| {
+                    ExportError::QuantizeInt { path: path(), tensor: info.name.clone(), source }
+                })?,
+                None => layer::encode(plan.fmt, plan.layout, l, &w, plan.allow_nonfinite).map_err(
+                    |source| ExportError::Quantize {
+                        path: path(),
+                        tensor: info.name.clone(),
+                        source,
+                    },
+                )?,
+            };
             Ok(parts.into_iter().map(Cow::Owned).collect())
         }
         (_, None) => Err(ExportError::PartSize {

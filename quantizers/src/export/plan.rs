@@ -15,6 +15,7 @@ use crate::float::{nvfp4, swizzle, ComputeDType};
 
 use super::catalog::{comfy_quant_json, FmtSpec, Layout, Scheme};
 use super::error::ExportError;
+use super::int_layer::{self, IntOptions, IntSettings};
 
 /// What the user asked for.
 #[derive(Clone, Debug)]
@@ -24,6 +25,8 @@ pub struct Request {
     pub ignore: Vec<Regex>,
     pub include: Vec<Regex>,
     pub allow_nonfinite: bool,
+    /// Settings of the integer weight-only names (`None` for the float names).
+    pub int: Option<IntSettings>,
 }
 
 impl Request {
@@ -61,7 +64,15 @@ impl Request {
             ignore: compile("--ignore", ignore)?,
             include: compile("--include", include)?,
             allow_nonfinite,
+            int: IntSettings::resolve(fmt.scheme, layout, &IntOptions::default())?,
         })
+    }
+
+    /// Applies `--group-size`, `--sym/--asym` and `--gptq-format`, refusing them where they do
+    /// not apply.
+    pub fn with_int_options(mut self, opts: &IntOptions) -> Result<Request, ExportError> {
+        self.int = IntSettings::resolve(self.fmt.scheme, self.layout, opts)?;
+        Ok(self)
     }
 }
 
@@ -121,6 +132,8 @@ pub struct QuantizePlan {
     pub fmt: &'static FmtSpec,
     pub layout: Layout,
     pub allow_nonfinite: bool,
+    /// Settings of the integer weight-only names (`None` for the float names).
+    pub int: Option<IntSettings>,
     pub entries: Vec<PlanEntry>,
 }
 
@@ -179,7 +192,20 @@ pub fn plan(source: &dyn TensorSource, req: &Request) -> Result<QuantizePlan, Ex
             Action::Quantize(l) => {
                 any_quantized = true;
                 diffusion_prefix &= l.prefix.starts_with("model.diffusion_model.");
-                layer_outputs(req.fmt, req.layout, l)
+                match &req.int {
+                    Some(s) => {
+                        if let Some(rule) = int_layer::shape_rule(req.layout, s, l.rows, l.cols) {
+                            return Err(ExportError::Shape {
+                                tensor: t.name.clone(),
+                                shape: [l.rows, l.cols],
+                                layout: req.layout,
+                                rule,
+                            });
+                        }
+                        int_layer::outputs(req.layout, s, l)
+                    }
+                    None => layer_outputs(req.fmt, req.layout, l),
+                }
             }
             _ => vec![copy_of(t)?],
         };
@@ -207,6 +233,7 @@ pub fn plan(source: &dyn TensorSource, req: &Request) -> Result<QuantizePlan, Ex
         fmt: req.fmt,
         layout: req.layout,
         allow_nonfinite: req.allow_nonfinite,
+        int: req.int,
         entries,
     })
 }
@@ -299,6 +326,7 @@ fn comfy_format_name(scheme: Scheme) -> &'static str {
         Scheme::Fp8Cast(Fp8Format::E5M2) | Scheme::Fp8Scaled(Fp8Format::E5M2) => "float8_e5m2",
         Scheme::Fp8Channel => "float8_e4m3fn",
         Scheme::Nvfp4 | Scheme::Nvfp4Experimental | Scheme::Passthrough => "nvfp4",
+        Scheme::IntWeight { .. } => "int",
     }
 }
 
@@ -314,6 +342,10 @@ pub fn layer_outputs(fmt: &FmtSpec, layout: Layout, l: &LayerPlan) -> Vec<Planne
     let (n, k) = (l.rows, l.cols);
     let name = |suffix: &str| format!("{p}.{suffix}");
     let comfy_quant = || st(name("comfy_quant"), DType::U8, vec![comfy_quant_bytes(fmt).len()]);
+    if let Some(s) = IntSettings::resolve(fmt.scheme, layout, &IntOptions::default()).ok().flatten()
+    {
+        return int_layer::outputs(layout, &s, l);
+    }
     match (fmt.scheme, layout) {
         (Scheme::Fp8Cast(f), Layout::ComfyLegacy) => {
             vec![st(name("weight"), f.dtype(), vec![n, k])]
