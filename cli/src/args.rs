@@ -42,6 +42,9 @@ pub enum Command {
     /// Move an INT4/INT8 checkpoint (GPTQ, AWQ, compressed-tensors) to another layout or to
     /// vLLM's legacy Marlin checkpoint, losslessly or not at all.
     Repack(RepackArgs),
+    /// Per-tensor error of a candidate checkpoint against a reference (SQNR, cosine, bits per
+    /// weight), tensors matched across containers and layouts.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -163,4 +166,29 @@ pub struct RepackArgs {
     /// --target gptq: v1 (zeros stored as zero-1; default) or v2 (true zeros).
     #[arg(long, value_name = "V", value_parser = ["v1", "v2"])]
     pub gptq_format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The reference checkpoint (.safetensors, .gguf or a directory of shards).
+    pub reference: PathBuf,
+
+    /// The candidate, usually a quantized version of REF, in any layout qtool reads.
+    pub candidate: PathBuf,
+
+    /// Show only the N tensors with the lowest SQNR, worst first.
+    #[arg(long, value_name = "N")]
+    pub worst: Option<usize>,
+
+    /// Only tensors whose REF or CAND name matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub filter: Option<String>,
+
+    /// Also write an SVG chart of SQNR per layer, one line per tensor role.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Exit 1 if any compared tensor has an SQNR below DB (or NaN), or could not be compared.
+    #[arg(long, value_name = "DB", allow_negative_numbers = true)]
+    pub fail_below_sqnr: Option<f64>,
 }

@@ -56,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quantize(args) => commands::quantize::run(&args, &out),
         Command::Formats => commands::formats::run(&out),
         Command::Convert(args) => commands::convert::run(&args, &out),
+        Command::Diff(args) => commands::diff::run(&args, &out),
     }
 }
 

@@ -2,6 +2,7 @@
 //! returns the exit code (errors become `error:` lines in `main`).
 
 pub mod convert;
+pub mod diff;
 pub mod formats;
 pub mod gpu_info;
 pub mod inspect;

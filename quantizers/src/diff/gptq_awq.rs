@@ -12,10 +12,9 @@
 //! The two are told apart by `qweight`'s second dimension: `N` (GPTQ) or `N/8` (AWQ), with `N`
 //! from `scales`. GPTQ's bit width is `32 / (N / qzeros columns)`.
 //!
-//! GPTQ zero points are read in AutoGPTQ's v1 convention (`zero − 1` stored), which is what
-//! AutoGPTQ and GPTQModel write to disk by default (`checkpoint_format: "gptq"`); a GPTQModel
-//! `gptq_v2` checkpoint would read one code off. The convention lives in
-//! `quantize_config.json`, which the diff does not consult; the scheme name says `v1`.
+//! GPTQ zero points are read in AutoGPTQ's v1 convention (`zero − 1` stored, what AutoGPTQ and
+//! GPTQModel write by default, `checkpoint_format: "gptq"`) unless the checkpoint says
+//! `"gptq_v2"` (true zeros; see `matching::Input::gptq_v2`). The scheme name says which.
 
 use qtool_formats::{DType, TensorDType, TensorInfo, TensorRef};
 
@@ -83,7 +82,11 @@ impl SchemeDecoder for GptqAwq {
                             (None, c) if c == v.k => "channel".to_string(),
                             (None, c) => format!("g{c}"),
                         },
-                        if v.kind == Kind::Gptq { "gptq(v1)" } else { "awq" }
+                        match (v.kind, v.zero_offset) {
+                            (Kind::Awq, _) => "awq",
+                            (Kind::Gptq, 1) => "gptq(v1)",
+                            (Kind::Gptq, _) => "gptq(v2)",
+                        }
                     ),
                 ),
                 Err(_) => (w.shape.clone(), "gptq/awq".into()),
@@ -116,6 +119,8 @@ struct View<'a> {
     n: u64,
     k: u64,
     group_cols: u64,
+    /// Added to a stored GPTQ zero: 1 for v1 (`zero − 1` on disk), 0 for v2.
+    zero_offset: u32,
     side: Side,
 }
 
@@ -188,6 +193,7 @@ impl<'a> View<'a> {
             n,
             k,
             group_cols,
+            zero_offset: u32::from(kind == Kind::Gptq && !cx.gptq_v2),
             side: cx.side,
         })
     }
@@ -231,7 +237,7 @@ impl Dequantize for View<'_> {
                 Kind::Gptq => {
                     let q = (word(data, (c / pf) * self.n + r) >> (b * (c % pf))) & mask;
                     let zw = word(self.qzeros, g * (self.n / pf) + r / pf);
-                    (q, ((zw >> (b * (r % pf))) & mask) + 1)
+                    (q, ((zw >> (b * (r % pf))) & mask) + self.zero_offset)
                 }
                 Kind::Awq => {
                     let field = AWQ_REVERSE_ORDER[(r % 8) as usize] as u64;

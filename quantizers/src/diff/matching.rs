@@ -46,12 +46,15 @@ pub struct Input<'a> {
     pub heads: Option<QkHeads>,
     /// `quantization_config.quant_method` of `config.json`, if any.
     pub quant_method: Option<String>,
+    /// GPTQ zero points are stored as true zeros (`checkpoint_format: "gptq_v2"`) rather than
+    /// AutoGPTQ's `zero − 1` (v1, the default on disk).
+    pub gptq_v2: bool,
 }
 
 impl<'a> Input<'a> {
     /// A source with no architecture information (names and shapes only).
     pub fn new(source: &'a dyn TensorSource) -> Self {
-        Input { source, heads: None, quant_method: None }
+        Input { source, heads: None, quant_method: None, gptq_v2: false }
     }
 
     /// Reads head counts from GGUF metadata (`general.architecture`, `{arch}.attention.*`) or
@@ -85,8 +88,30 @@ impl<'a> Input<'a> {
             .and_then(|q| q.get("quant_method"))
             .and_then(|m| m.as_str())
             .map(str::to_string);
-        Input { source: checkpoint.source(), heads, quant_method }
+        Input { source: checkpoint.source(), heads, quant_method, gptq_v2: gptq_v2(checkpoint) }
     }
+}
+
+/// Whether a GPTQ checkpoint says its zero points are v2 (true zeros): `checkpoint_format` (or
+/// GPTQModel's `format`) `"gptq_v2"` in `config.json`'s `quantization_config`, or in
+/// `quantize_config.json` beside the weights.
+fn gptq_v2(checkpoint: &Checkpoint) -> bool {
+    let says_v2 = |c: &serde_json::Value| {
+        ["checkpoint_format", "format"]
+            .iter()
+            .any(|k| c.get(*k).and_then(|v| v.as_str()) == Some("gptq_v2"))
+    };
+    if checkpoint.quantization_config().is_some_and(says_v2) {
+        return true;
+    }
+    let dir = match checkpoint.path() {
+        p if p.is_dir() => p.to_path_buf(),
+        p => p.parent().map(|d| d.to_path_buf()).unwrap_or_default(),
+    };
+    std::fs::read(dir.join("quantize_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|c| says_v2(&c))
 }
 
 /// How a REF tensor found its CAND partner.

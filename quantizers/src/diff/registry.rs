@@ -100,6 +100,8 @@ pub struct ClaimContext<'a> {
     /// `config.json` `quantization_config.quant_method`, when the checkpoint has one: names the
     /// producer where tensor names alone are ambiguous.
     pub quant_method: Option<String>,
+    /// GPTQ zero points stored as true zeros (v2) instead of `zero − 1` (v1).
+    pub gptq_v2: bool,
     claimed: Vec<bool>,
     by_name: HashMap<&'a str, usize>,
     pub markers: Vec<String>,
@@ -184,6 +186,7 @@ impl Registry {
             source,
             side,
             quant_method: input.quant_method.clone(),
+            gptq_v2: input.gptq_v2,
             claimed: vec![false; source.tensors().len()],
             by_name: source
                 .tensors()
