@@ -543,3 +543,41 @@ def test_diff_reads_what_quantize_writes(run_qtool, diff_bin, tmp_path, fmt, lay
             assert window[0] < num(row["sqnr_db"]) < window[1], row
         else:
             assert row["sqnr_db"] == "inf", row
+
+
+def test_smollm2_f16_vs_q4_k_m_matches_numpy(run_qtool, diff_bin, smollm2_gguf, tmp_path):
+    """The issue's headline pair: SmolLM2 F16 (made by llama.cpp itself from the Q4_1 package
+    file) against its Q4_K_M written by `qtool quantize`; every row's metrics recomputed in numpy
+    from gguf-py's dequantization of both files."""
+    import gguf
+
+    llama_quantize = pytest.importorskip(
+        "test_gguf_quantize", reason="skipped: needs the llama.cpp helpers"
+    ).llama_quantize
+    pytest.importorskip("llama_cpp", reason="skipped: llama-cpp-python is not installed")
+    f16 = tmp_path / "smollm2-f16.gguf"
+    proc = llama_quantize(smollm2_gguf, f16, "F16", allow_requantize=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    q4 = tmp_path / "smollm2-q4_k_m.gguf"
+    run_qtool("quantize", f16, "-o", q4, "--fmt", "q4_k_m")
+
+    report = diff_json(diff_bin, f16, q4)
+    rows = {r["name"]: r for r in report["rows"]}
+    ref = {t.name: t for t in gguf.GGUFReader(str(f16)).tensors}
+    cand = {t.name: t for t in gguf.GGUFReader(str(q4)).tensors}
+    assert set(rows) == set(ref) == set(cand)
+    kinds = set()
+    for name, t in ref.items():
+        c = cand[name]
+        w = gguf.quants.dequantize(t.data, t.tensor_type)
+        q = gguf.quants.dequantize(c.data, c.tensor_type)
+        row = rows[name]
+        assert row["status"] == "compared", row
+        assert row["scheme"] == c.tensor_type.name, row
+        for k, v in numpy_metrics(w, q).items():
+            assert_close(row[k], v, f"{name}.{k}")
+        assert_close(row["bits_per_weight"], int(c.n_bytes) * 8 / int(c.n_elements), name)
+        kinds.add(c.tensor_type.name)
+    # Q4_K_M on SmolLM2 (576-wide rows fall back from Q4_K to Q5_0, from Q6_K to Q8_0).
+    assert {"Q4_K", "Q5_0", "Q6_K", "Q8_0", "F32"} <= kinds, kinds
+    assert 20 < num(report["summary"]["mean_sqnr_db"]) < 40

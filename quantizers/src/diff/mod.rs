@@ -6,8 +6,9 @@
 //!   scales and markers read as one weight — and knows how to decode each back to `f32` by the
 //!   scheme that wrote it: [`fp8`] (FP8 scaled: ComfyUI current and legacy, per-row
 //!   `weight_scale`), [`nvfp4`] (ComfyUI, ModelOpt, compressed-tensors), [`ct_int`]
-//!   (compressed-tensors INT4/INT8), [`gptq_awq`] (GPTQ, AWQ), every plain dtype and GGML type
-//!   through [`crate::decode`]; new schemes plug in through [`registry::SchemeDecoder`];
+//!   (compressed-tensors INT4/INT8), [`gptq_awq`] (GPTQ, AWQ), [`marlin`] (vLLM legacy Marlin),
+//!   every plain dtype and GGML type through [`crate::decode`]; new schemes plug in through
+//!   [`registry::SchemeDecoder`];
 //! - [`matching`]: pairs REF and CAND tensors by name, through the Hugging Face ↔ GGUF naming
 //!   and the llama q/k row permutation when the containers differ;
 //! - [`metrics`]: mse, rmse, max_abs, rel_fro, sqnr_db, cosine, accumulated in `f64` in fixed
@@ -22,6 +23,7 @@ pub mod driver;
 pub mod error;
 pub mod fp8;
 pub mod gptq_awq;
+pub mod marlin;
 pub mod matching;
 pub mod metrics;
 pub mod nvfp4;

@@ -18,8 +18,7 @@
 //! before the catch-all. Layouts recognised but not decodable yet are claimed by
 //! [`ComfyPending`] so that their scale tensors are not reported as stray weights; their rows say
 //! why they were not compared. Still pending: ComfyUI `mxfp8`, `int8_tensorwise`,
-//! `convrot_w4a4`, and Marlin-repacked INT4 (its unpacker lives in [`crate::int::marlin`]; its
-//! tensor names belong to the exporter).
+//! `convrot_w4a4`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +29,7 @@ use super::ct_int::CtPackQuantized;
 use super::error::{DiffError, Side};
 use super::fp8::ComfyFp8;
 use super::gptq_awq::GptqAwq;
+use super::marlin::Marlin;
 use super::matching::Input;
 use super::nvfp4::Nvfp4;
 use crate::decode;
@@ -159,8 +159,8 @@ impl Default for Registry {
 impl Registry {
     /// The schemes qtool decodes today: FP8 scaled (ComfyUI current and legacy layouts, per-row
     /// `weight_scale`), NVFP4 (ComfyUI, ModelOpt, compressed-tensors), compressed-tensors
-    /// pack-quantized INT4/INT8, GPTQ (v1 zeros) and AWQ GEMM, the ComfyUI layouts
-    /// awaiting a decoder, then every plain dtype and GGML type.
+    /// pack-quantized INT4/INT8, GPTQ (v1 zeros) and AWQ GEMM, vLLM legacy Marlin, the ComfyUI
+    /// layouts awaiting a decoder, then every plain dtype and GGML type.
     pub fn standard() -> Self {
         Registry {
             decoders: vec![
@@ -168,6 +168,7 @@ impl Registry {
                 Box::new(Nvfp4),
                 Box::new(CtPackQuantized),
                 Box::new(GptqAwq),
+                Box::new(Marlin),
                 Box::new(ComfyPending),
             ],
         }
