@@ -47,6 +47,34 @@ impl MappedFile {
         self.map.as_deref().unwrap_or(&[])
     }
 
+    /// Drops the pages of `offset..offset + len` from this process's memory (they are read back
+    /// from the file if touched again). Streaming pipelines call it once a tensor is consumed,
+    /// so resident memory stays near the largest tensor instead of growing to the file's size.
+    /// A hint: failures (e.g. a platform without `madvise`) are ignored.
+    pub fn release(&self, offset: u64, len: u64) {
+        #[cfg(unix)]
+        if let Some(map) = &self.map {
+            const PAGE: u64 = 4096;
+            let start = offset / PAGE * PAGE;
+            let end = offset.saturating_add(len).min(map.len() as u64);
+            if end <= start {
+                return;
+            }
+            // SAFETY: the map is a read-only file mapping. MADV_DONTNEED only unmaps its pages
+            // from this process; the next access faults them in again from the file, so every
+            // slice borrowed from the map keeps reading the same bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start as usize,
+                    (end - start) as usize,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     pub fn len(&self) -> u64 {
         self.bytes().len() as u64
     }

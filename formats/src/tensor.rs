@@ -96,6 +96,11 @@ pub trait TensorSource: Send + Sync + fmt::Debug {
     /// summarised).
     fn metadata(&self) -> serde_json::Map<String, serde_json::Value>;
 
+    /// Says that a tensor's bytes will not be read again soon, so a memory-mapped source may drop
+    /// its pages (re-read from the file if touched). Streaming pipelines call it after each tensor
+    /// to keep resident memory O(largest tensor). A hint; the default does nothing.
+    fn release(&self, _info: &TensorInfo) {}
+
     fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         let info = self.find(name)?;
         Some(TensorRef { info, data: self.data(info) })

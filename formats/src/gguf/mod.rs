@@ -304,6 +304,10 @@ impl TensorSource for GgufFile {
         }
     }
 
+    fn release(&self, info: &TensorInfo) {
+        self.map.release(info.offset, info.nbytes);
+    }
+
     fn find(&self, name: &str) -> Option<&TensorInfo> {
         self.index.find(name)
     }

@@ -113,6 +113,12 @@ impl TensorSource for SafetensorsSource {
             .unwrap_or_else(|| panic!("tensor '{}' does not belong to this source", info.name))
     }
 
+    fn release(&self, info: &TensorInfo) {
+        if let Some(map) = self.maps.get(info.file) {
+            map.release(info.offset, info.nbytes);
+        }
+    }
+
     fn find(&self, name: &str) -> Option<&TensorInfo> {
         self.index.find(name)
     }

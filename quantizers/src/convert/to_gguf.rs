@@ -233,6 +233,7 @@ pub fn hf_to_gguf(
                     .ok_or_else(|| ConvertError::tensor(&path, &info.name, "missing"))?;
                 let mut values = decode_all(tensor)
                     .map_err(|source| ConvertError::Decode { path: path.clone(), source })?;
+                source.release(info);
                 if let Some(role) = job.role {
                     let row_len = if info.shape.len() >= 2 {
                         *info.shape.last().unwrap_or(&1) as usize

@@ -171,6 +171,7 @@ pub fn gguf_to_hf(
         let tensor = file.get(&info.name).ok_or_else(|| missing(&path, &info.name))?;
         let mut values = decode_all(tensor)
             .map_err(|source| ConvertError::Decode { path: path.clone(), source })?;
+        file.release(info);
         if let Some(role) = role {
             let row_len = if info.shape.len() >= 2 { info.shape[0] as usize } else { 1 };
             let heads = role.heads(hp.head_count as usize, hp.head_count_kv as usize);

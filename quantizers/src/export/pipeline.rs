@@ -87,6 +87,7 @@ fn produce<'a>(
             let tensor = TensorRef { info, data: source.data(info) };
             let w = decode::decode_all(tensor)
                 .map_err(|source| ExportError::Decode { path: path(), source })?;
+            source.release(info);
             let parts = match &plan.int {
                 Some(s) => int_layer::encode(plan.layout, s, l, &w).map_err(|source| {
                     ExportError::QuantizeInt { path: path(), tensor: info.name.clone(), source }

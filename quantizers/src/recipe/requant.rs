@@ -161,6 +161,7 @@ pub fn requantize_into(
             encode_tensor(&path, t, data, allow_requantize, &mut f32_buf, &mut out_buf)?;
             sink.write(&t.name, &out_buf)?;
         }
+        file.release(info);
         progress(i, t);
     }
     Ok(())
