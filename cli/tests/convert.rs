@@ -111,3 +111,33 @@ fn bad_dtype_is_refused() {
     );
     assert!(!out.exists());
 }
+
+/// `convert --fmt q4_k_m` (and q8_0) writes the same bytes as the two-step pipeline users run:
+/// `convert --fmt f16`, then `quantize --fmt q4_k_m`.
+#[test]
+fn quantized_conversion_equals_f16_conversion_then_quantize() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "qtool {args:?}: {}", stderr(&o));
+    };
+    ok(&["-q", "convert", gguf.to_str().unwrap(), "-o", &p("hf")]);
+    ok(&["-q", "convert", &p("hf"), "-o", &p("f16.gguf"), "--fmt", "f16"]);
+    for fmt in ["q4_k_m", "q8_0"] {
+        ok(&["-q", "convert", &p("hf"), "-o", &p(&format!("direct-{fmt}.gguf")), "--fmt", fmt]);
+        ok(&[
+            "-q",
+            "quantize",
+            &p("f16.gguf"),
+            "-o",
+            &p(&format!("two-step-{fmt}.gguf")),
+            "--fmt",
+            fmt,
+        ]);
+        let a = fs::read(p(&format!("direct-{fmt}.gguf"))).unwrap();
+        let b = fs::read(p(&format!("two-step-{fmt}.gguf"))).unwrap();
+        assert!(a == b, "{fmt}: direct conversion and f16 + quantize differ");
+    }
+}

@@ -245,11 +245,13 @@ fn q8_0_decodes_back_within_the_block_error() {
     for (name, want) in &data {
         let got = decode_all(st.get(name).unwrap()).unwrap();
         // Per block of 32 along a row: |error| <= d/2 with d = amax/127, plus |q| <= 127 times
-        // the fp16 rounding of d (2^-11 relative): 0.5 d + 127 * 2^-11 d < 0.57 d. A wrong q/k
-        // un-permutation would move whole rows and fail by far more.
+        // the fp16 rounding of d (2^-11 relative): 0.5 d + 127 * 2^-11 d < 0.57 d; plus the
+        // fp16 rounding of the input itself (quantized conversions quantize what an F16
+        // conversion holds), at most 2^-11 amax. A wrong q/k un-permutation would move whole
+        // rows and fail by far more.
         for (gb, wb) in got.chunks(32).zip(want.chunks(32)) {
             let amax = wb.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let tol = amax / 127.0 * 0.57 + 1e-7;
+            let tol = amax / 127.0 * 0.57 + amax / 2048.0 + 1e-7;
             for (a, b) in gb.iter().zip(wb) {
                 assert!((a - b).abs() <= tol, "{name}: {a} vs {b} (tol {tol})");
             }

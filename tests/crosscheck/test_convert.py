@@ -264,15 +264,21 @@ def test_other_types_equal_llama_cpp(converted, smollm2_gguf, example_bin, fmt, 
     out = converted["dir"] / f"roundtrip-{fmt}.gguf"
     _run(example_bin, converted["hf"], out, "--fmt", fmt)
     ref = converted["dir"] / f"reference-{fmt}.gguf"
-    _quantize_with_llama_cpp(llama_cpp, smollm2_gguf, ref, getattr(llama_cpp, ftype_name))
+    if fmt in ("q8_0", "q4_k_m"):
+        # A quantized conversion is the usual two-step pipeline's file: llama.cpp's own F16 of
+        # the original, then llama.cpp's quantize of that F16 file.
+        f16 = converted["dir"] / f"reference-f16-for-{fmt}.gguf"
+        _quantize_with_llama_cpp(llama_cpp, smollm2_gguf, f16, llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
+        _quantize_with_llama_cpp(llama_cpp, f16, ref, getattr(llama_cpp, ftype_name))
+    else:
+        _quantize_with_llama_cpp(llama_cpp, smollm2_gguf, ref, getattr(llama_cpp, ftype_name))
     ours = gguf.GGUFReader(str(out))
     theirs = gguf.GGUFReader(str(ref))
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
     for a, b in zip(ours.tensors, theirs.tensors):
         assert a.tensor_type == b.tensor_type, a.name
-        # Also token_embd, which llama.cpp copies as the original Q8_0 blocks while qtool
-        # re-encodes their values: Q8_0 re-encoding is idempotent (amax = 127 d exactly, so the
-        # scale and every integer come back).
+        # Also token_embd (original Q8_0 blocks): for bf16/f32 llama.cpp copies them while qtool
+        # re-encodes their values, and Q8_0 re-encoding is idempotent (amax = 127 d exactly).
         assert np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes(), a.name
 
 

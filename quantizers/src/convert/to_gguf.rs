@@ -174,14 +174,23 @@ pub fn hf_to_gguf(
             })
             .collect(),
     };
+    // A quantized output is the file of the usual two-step pipeline, F16 conversion then
+    // quantization, byte for byte: llama.cpp's quantize copies the F16 file's KVs without
+    // `general.file_type` and appends `general.quantization_version` and `general.file_type`
+    // last, so they go last here too. Unquantized outputs keep the F16 conversion's order.
     let any_quantized = ty_of.iter().any(|t| t.is_quantized());
+    let file_type = match target {
+        GgufTarget::FileType(ft) => Some(("general.file_type".to_string(), Value::U32(ft.id()))),
+        GgufTarget::Uniform(_) => None,
+    };
     if any_quantized {
+        kvs.extend(vocab.to_kvs());
         kvs.push(("general.quantization_version".into(), Value::U32(QUANTIZATION_VERSION)));
+        kvs.extend(file_type);
+    } else {
+        kvs.extend(file_type);
+        kvs.extend(vocab.to_kvs());
     }
-    if let GgufTarget::FileType(ft) = target {
-        kvs.push(("general.file_type".into(), Value::U32(ft.id())));
-    }
-    kvs.extend(vocab.to_kvs());
 
     // llama.cpp's order: by layer, then name.
     let mut order: Vec<usize> = (0..descs.len()).collect();
@@ -253,6 +262,13 @@ pub fn hf_to_gguf(
                 (values, info.name.clone(), info.dtype.name().to_owned())
             }
             Origin::RopeFreqs(v) => (v.clone(), "(rope_scaling)".to_owned(), "F32".to_owned()),
+        };
+        // The two-step pipeline quantizes what the F16 file holds: round to F16 first, so that
+        // `--fmt q4_k_m` equals `--fmt f16` followed by `qtool quantize --fmt q4_k_m`.
+        let values = if job.to.is_quantized() {
+            values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+        } else {
+            values
         };
         let numel: u64 = job.ne.iter().product();
         out.clear();
