@@ -8,51 +8,13 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{run, safetensors_bytes, stderr, stdout};
+use common::{marlin_sized, run, s, safetensors_bytes, stderr, stdout};
 use serde_json::Value;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn qtool_ok(args: &[&str]) -> String {
     let out = run(args);
     assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
     stdout(&out)
-}
-
-/// A bf16 checkpoint with shapes legacy Marlin runs: `up_proj` N=512, K=256 and `down_proj`
-/// N=256, K=512.
-fn marlin_sized(dir: &Path) -> PathBuf {
-    let root = dir.join("orig");
-    fs::create_dir_all(&root).unwrap();
-    let layers = [
-        ("model.layers.0.mlp.up_proj.weight", 512usize, 256usize),
-        ("model.layers.0.mlp.down_proj.weight", 256, 512),
-    ];
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    let mut state = 0x1234_5679_u32;
-    for (name, n, k) in layers {
-        let start = data.len();
-        for _ in 0..n * k {
-            // xorshift, mapped to roughly [-0.05, 0.05] in bf16 (upper half of an f32).
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            let x = ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.1;
-            data.extend_from_slice(&x.to_bits().to_le_bytes()[2..]);
-        }
-        header.insert(
-            name.into(),
-            serde_json::json!({"dtype": "BF16", "shape": [n, k], "data_offsets": [start, data.len()]}),
-        );
-    }
-    let header = serde_json::to_string(&header).unwrap();
-    fs::write(root.join("model.safetensors"), safetensors_bytes(&header, &data)).unwrap();
-    fs::write(root.join("config.json"), r#"{"model_type": "llama", "torch_dtype": "bfloat16"}"#)
-        .unwrap();
-    root
 }
 
 /// The rows of `qtool --json diff REF CAND`, by name.
@@ -65,7 +27,7 @@ fn diff_rows(reference: &Path, candidate: &Path) -> Vec<Value> {
 }
 
 fn gptq_and_marlin(dir: &Path, group_size: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let orig = marlin_sized(dir);
+    let orig = marlin_sized(dir, "orig", 0x1234_5679);
     let (g, m) = (dir.join("gptq"), dir.join("marlin"));
     qtool_ok(&[
         "quantize",

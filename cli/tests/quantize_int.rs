@@ -10,55 +10,14 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::{fixture, run, stderr, stdout};
+use common::{assert_fails, fixture, inspect_json, json_file, ok, run, s, stdout, tensor};
 use serde_json::Value;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn quantize(out: &Path, extra: &[&str]) -> Output {
     let input = fixture("tiny-llama");
     let mut args = vec!["quantize", s(&input), "-o", s(out), "-q"];
     args.extend_from_slice(extra);
     run(&args)
-}
-
-fn ok(out: &Output) {
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-}
-
-fn inspect_json(path: &Path) -> Value {
-    let out = run(&["inspect", "--json", s(path)]);
-    ok(&out);
-    serde_json::from_str(&stdout(&out)).unwrap()
-}
-
-fn tensor<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no tensor {name}"))
-}
-
-fn json_file(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn assert_fails(out: &Output, target: &Path, mentions: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line: {err:?}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    for m in mentions {
-        assert!(lines[0].contains(m), "error does not mention {m:?}: {err}");
-    }
-    assert!(!target.exists(), "{} was left behind", target.display());
 }
 
 const Q: &str = "model.layers.0.self_attn.q_proj";

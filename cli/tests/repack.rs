@@ -11,16 +11,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{fixture, run, safetensors_bytes, stderr, stdout};
+use common::{
+    assert_fails, fixture, inspect_json, json_file, marlin_sized, ok, run, s, stderr, stdout,
+    tensor,
+};
 use serde_json::Value;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &Output) {
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-}
 
 fn quantize(input: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec!["quantize", s(input), "-o", s(out), "-q", "--fmt"];
@@ -32,73 +27,6 @@ fn repack(input: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["repack", s(input), "-o", s(out), "-q"];
     args.extend_from_slice(extra);
     run(&args)
-}
-
-fn inspect_json(path: &Path) -> Value {
-    let out = run(&["inspect", "--json", s(path)]);
-    ok(&out);
-    serde_json::from_str(&stdout(&out)).unwrap()
-}
-
-fn tensor<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no tensor {name}"))
-}
-
-fn json_file(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn assert_fails(out: &Output, target: &Path, mentions: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line: {err:?}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    for m in mentions {
-        assert!(lines[0].contains(m), "error does not mention {m:?}: {err}");
-    }
-    assert!(!target.exists(), "{} was left behind", target.display());
-}
-
-/// A bf16 checkpoint with one column-parallel (`up_proj`, N=512, K=256) and one row-parallel
-/// (`down_proj`, N=256, K=512) layer: shapes legacy Marlin runs on tp 1, 2 and 4.
-fn marlin_sized(dir: &Path) -> PathBuf {
-    let root = dir.join("big");
-    fs::create_dir_all(&root).unwrap();
-    let layers = [
-        ("model.layers.0.mlp.up_proj.weight", 512usize, 256usize),
-        ("model.layers.0.mlp.down_proj.weight", 256, 512),
-    ];
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    let mut state = 0x2545_f491_u32;
-    for (name, n, k) in layers {
-        let start = data.len();
-        for _ in 0..n * k {
-            // xorshift, mapped to roughly [-0.05, 0.05] in bf16 (upper half of an f32).
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            let x = ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.1;
-            data.extend_from_slice(&x.to_bits().to_le_bytes()[2..]);
-        }
-        header.insert(
-            name.into(),
-            serde_json::json!({"dtype": "BF16", "shape": [n, k], "data_offsets": [start, data.len()]}),
-        );
-    }
-    let header = serde_json::to_string(&header).unwrap();
-    fs::write(root.join("model.safetensors"), safetensors_bytes(&header, &data)).unwrap();
-    fs::write(root.join("config.json"), r#"{"model_type": "llama", "torch_dtype": "bfloat16"}"#)
-        .unwrap();
-    root
 }
 
 #[test]
@@ -164,7 +92,7 @@ fn marlin_on_the_tiny_fixture_is_refused_naming_tensor_and_rule() {
 fn marlin_target_writes_b_and_s_with_marlin_checkpoint_format() {
     let dir = tempfile::tempdir().unwrap();
     let (g, m) = (dir.path().join("g"), dir.path().join("m"));
-    quantize(&marlin_sized(dir.path()), &g, &["w4a16", "--layout", "gptq"]);
+    quantize(&marlin_sized(dir.path(), "big", 0x2545_f491), &g, &["w4a16", "--layout", "gptq"]);
     let out = run(&["repack", s(&g), "-o", s(&m), "--target", "marlin", "--tp", "1,2,4", "--json"]);
     ok(&out);
     let rep: Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -189,7 +117,11 @@ fn marlin_target_writes_b_and_s_with_marlin_checkpoint_format() {
 fn marlin_tp_8_is_refused_for_the_row_parallel_layer() {
     let dir = tempfile::tempdir().unwrap();
     let (g, m) = (dir.path().join("g"), dir.path().join("m"));
-    quantize(&marlin_sized(dir.path()), &g, &["w4a16", "--layout", "gptq", "--group-size", "-1"]);
+    quantize(
+        &marlin_sized(dir.path(), "big", 0x2545_f491),
+        &g,
+        &["w4a16", "--layout", "gptq", "--group-size", "-1"],
+    );
     // down_proj K=512 split 8 ways is 64 columns per rank: K_partition % 128 fails.
     assert_fails(
         &repack(&g, &m, &["--target", "marlin", "--tp", "1,8"]),
@@ -202,7 +134,11 @@ fn marlin_tp_8_is_refused_for_the_row_parallel_layer() {
 fn marlin_refuses_asymmetric_input() {
     let dir = tempfile::tempdir().unwrap();
     let (g, m) = (dir.path().join("g"), dir.path().join("m"));
-    quantize(&marlin_sized(dir.path()), &g, &["w4a16", "--layout", "gptq", "--asym"]);
+    quantize(
+        &marlin_sized(dir.path(), "big", 0x2545_f491),
+        &g,
+        &["w4a16", "--layout", "gptq", "--asym"],
+    );
     assert_fails(
         &repack(&g, &m, &["--target", "marlin"]),
         &m,
@@ -214,7 +150,11 @@ fn marlin_refuses_asymmetric_input() {
 fn marlin_refuses_group_size_64() {
     let dir = tempfile::tempdir().unwrap();
     let (g, m) = (dir.path().join("g"), dir.path().join("m"));
-    quantize(&marlin_sized(dir.path()), &g, &["w4a16", "--layout", "gptq", "--group-size", "64"]);
+    quantize(
+        &marlin_sized(dir.path(), "big", 0x2545_f491),
+        &g,
+        &["w4a16", "--layout", "gptq", "--group-size", "64"],
+    );
     assert_fails(
         &repack(&g, &m, &["--target", "marlin"]),
         &m,
@@ -270,7 +210,7 @@ fn non_empty_output_directory_is_refused_and_kept() {
 fn marlin_tp_8_with_group_128_is_refused_for_splitting_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let (g, m) = (dir.path().join("g"), dir.path().join("m"));
-    quantize(&marlin_sized(dir.path()), &g, &["w4a16", "--layout", "gptq"]);
+    quantize(&marlin_sized(dir.path(), "big", 0x2545_f491), &g, &["w4a16", "--layout", "gptq"]);
     assert_fails(
         &repack(&g, &m, &["--target", "marlin", "--tp", "8"]),
         &m,

@@ -109,3 +109,88 @@ impl GgufBuilder {
         self
     }
 }
+
+/// A path as the `&str` argument `run` takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test path")
+}
+
+/// Asserts a run succeeded, showing its stderr otherwise.
+pub fn ok(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+}
+
+/// `qtool inspect --json PATH`, parsed.
+pub fn inspect_json(path: &Path) -> serde_json::Value {
+    let out = run(&["inspect", "--json", s(path)]);
+    ok(&out);
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// The entry of `name` in an inspect report's `tensors`.
+pub fn tensor<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+}
+
+pub fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The bad-input contract for a command that writes `target`: exit 2, nothing on stdout, exactly
+/// one `error:` line mentioning every `mentions`, no panic, and nothing left at `target`.
+pub fn assert_fails(out: &Output, target: &Path, mentions: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {err:?}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for m in mentions {
+        assert!(lines[0].contains(m), "error does not mention {m:?}: {err}");
+    }
+    assert!(!target.exists(), "{} was left behind", target.display());
+}
+
+/// A bf16 checkpoint `dir/name` with one column-parallel (`up_proj`, N=512, K=256) and one
+/// row-parallel (`down_proj`, N=256, K=512) layer: shapes legacy Marlin runs on tp 1, 2 and 4.
+/// Values are a xorshift stream from `seed`, mapped to roughly [-0.05, 0.05].
+pub fn marlin_sized(dir: &Path, name: &str, seed: u32) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    let layers = [
+        ("model.layers.0.mlp.up_proj.weight", 512usize, 256usize),
+        ("model.layers.0.mlp.down_proj.weight", 256, 512),
+    ];
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    let mut state = seed;
+    for (tensor, n, k) in layers {
+        let start = data.len();
+        for _ in 0..n * k {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let x = ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.1;
+            // bf16 is the upper half of the f32.
+            data.extend_from_slice(&x.to_bits().to_le_bytes()[2..]);
+        }
+        header.insert(
+            tensor.into(),
+            serde_json::json!({"dtype": "BF16", "shape": [n, k], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::to_string(&header).unwrap();
+    std::fs::write(root.join("model.safetensors"), safetensors_bytes(&header, &data)).unwrap();
+    std::fs::write(
+        root.join("config.json"),
+        r#"{"model_type": "llama", "torch_dtype": "bfloat16"}"#,
+    )
+    .unwrap();
+    root
+}
