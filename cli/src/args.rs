@@ -45,6 +45,11 @@ pub enum Command {
     /// Per-tensor error of a candidate checkpoint against a reference (SQNR, cosine, bits per
     /// weight), tensors matched across containers and layouts.
     Diff(DiffArgs),
+    /// Run the real GPU kernels for each quantized layer on the stored bytes and compare with
+    /// an FP32 reference (and with the original weights given by --ref).
+    Verify(crate::commands::verify::VerifyArgs),
+    /// Perplexity of a llama-family checkpoint on a text file, with qtool's own forward engine.
+    Eval(crate::commands::eval::EvalArgs),
 }
 
 #[derive(Debug, Args)]

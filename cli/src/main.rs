@@ -57,6 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Formats => commands::formats::run(&out),
         Command::Convert(args) => commands::convert::run(&args, &out),
         Command::Diff(args) => commands::diff::run(&args, &out),
+        Command::Verify(args) => commands::verify::run(&args, &out),
+        Command::Eval(args) => commands::eval::run(&args, &out),
     }
 }
 

@@ -3,9 +3,11 @@
 
 pub mod convert;
 pub mod diff;
+pub mod eval;
 pub mod formats;
 pub mod gpu_info;
 pub mod inspect;
 pub mod quantize;
 pub mod repack;
 pub mod stats;
+pub mod verify;

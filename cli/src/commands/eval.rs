@@ -1,0 +1,18 @@
+//! `qtool eval` (being built: owner fills in the arguments and the run).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::output::Output;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The checkpoint.
+    pub input: PathBuf,
+}
+
+pub fn run(args: &EvalArgs, _out: &Output) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("{}: qtool eval is not available in this build", args.input.display())
+}
