@@ -127,10 +127,55 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub allow_requantize: bool,
 
-    /// w4a16/w8a16: how weights are rounded (rtn: round-to-nearest with the layout's own
-    /// scale/zero formula; calibrated methods are not implemented).
-    #[arg(long, value_name = "METHOD", value_parser = ["rtn"], default_value = "rtn")]
+    /// GGUF only: give tensors whose name matches REGEX (searched anywhere in the name) the
+    /// GGML type TYPE instead of the recipe's choice, as llama-quantize's --tensor-type does
+    /// (repeatable; the first matching pattern wins).
+    #[arg(long, value_name = "REGEX=TYPE")]
+    pub tensor_type: Vec<String>,
+
+    /// GGUF only: the GGML type of output.weight (and of a tied token_embd.weight).
+    #[arg(long, value_name = "TYPE")]
+    pub output_tensor_type: Option<String>,
+
+    /// GGUF only: the GGML type of token_embd.weight.
+    #[arg(long, value_name = "TYPE")]
+    pub token_embedding_type: Option<String>,
+
+    /// GGUF only: every quantizable tensor gets the recipe's default type (no per-tensor
+    /// rules; shape fallbacks still apply).
+    #[arg(long)]
+    pub pure: bool,
+
+    /// w4a16/w8a16: how weights are rounded — rtn (round-to-nearest with the layout's own
+    /// scale/zero formula), gptq or awq (calibrated, llama-family checkpoints; docs/ptq.md).
+    #[arg(long, value_name = "METHOD", value_parser = ["rtn", "gptq", "awq"], default_value = "rtn")]
     pub method: String,
+
+    /// gptq/awq: calibration text, plain UTF-8 or JSON Lines with a "text" field (default:
+    /// the built-in text, docs/ptq.md).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+
+    /// gptq/awq: calibration windows.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub calib_samples: usize,
+
+    /// gptq/awq: tokens per calibration window.
+    #[arg(long, value_name = "L", default_value_t = 512)]
+    pub calib_seqlen: usize,
+
+    /// gptq: dampening, as a fraction of the Hessian's mean diagonal.
+    #[arg(long, value_name = "F", default_value_t = 0.01)]
+    pub damp: f64,
+
+    /// gptq: quantize columns in decreasing Hessian diagonal order (static groups, so no
+    /// g_idx reordering is needed at inference).
+    #[arg(long)]
+    pub act_order: bool,
+
+    /// gptq/awq: continue an interrupted run from the state beside OUT.
+    #[arg(long)]
+    pub resume: bool,
 
     /// w4a16/w8a16: columns per scale (32, 64, 128, ... or -1 for one per output channel;
     /// default 128).

@@ -116,6 +116,9 @@ fn other_layouts_are_detected() {
         ("fp4_scaled", "modelopt", "modelopt:W4A16_NVFP4"),
         ("fp8_dynamic", "compressed-tensors", "compressed-tensors:float-quantized"),
         ("fp8_channel", "compressed-tensors", "compressed-tensors:float-quantized"),
+        ("mxfp4", "compressed-tensors", "compressed-tensors:mxfp4-pack-quantized"),
+        ("mxfp8", "compressed-tensors", "compressed-tensors:mxfp8-quantized"),
+        ("mxfp8", "comfy", "comfy-quant:mxfp8"),
     ];
     for (i, (fmt, layout, scheme)) in cases.into_iter().enumerate() {
         let out = dir.path().join(format!("out{i}"));

@@ -64,7 +64,7 @@ impl GpuProbe {
 pub fn probe() -> GpuProbe {
     let mut out = GpuProbe {
         driver_library: find_library(&["cuda", "nvcuda"]),
-        nvrtc_library: find_library(&["nvrtc"]),
+        nvrtc_library: crate::libs::nvrtc_library(),
         ..GpuProbe::default()
     };
 
@@ -77,7 +77,7 @@ pub fn probe() -> GpuProbe {
     }
     match &out.nvrtc_library {
         None => out.problems.push(
-            "NVRTC library not found (libnvrtc.so.13 / libnvrtc.so: install the CUDA toolkit's NVRTC or add it to LD_LIBRARY_PATH)"
+            "NVRTC library not found (libnvrtc.so.13 / libnvrtc.so: install the CUDA toolkit's NVRTC or the nvidia-cuda-nvrtc wheel, add it to LD_LIBRARY_PATH, or set QTOOL_NVRTC_LIB)"
                 .to_string(),
         ),
         Some(_) => match guarded(|| {

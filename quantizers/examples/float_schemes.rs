@@ -10,7 +10,7 @@
 //!
 //! Schemes: `fp8_comfy_e4m3`, `fp8_comfy_e5m2`, `fp8_ct_tensor`, `fp8_ct_channel`,
 //! `fp8_ct_block`, `nvfp4_{modelopt,ct,comfy,comfy_experimental}`, the conversions
-//! `nvfp4_<producer>_as_{modelopt,ct,comfy}`, `mxfp4_ggml`, `mxfp4_ct`, `mxfp8_comfy`.
+//! `nvfp4_<producer>_as_{modelopt,ct,comfy}`, `mxfp4_ggml`, `mxfp4_ct`, `mxfp8_ct`, `mxfp8_comfy`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,6 +95,10 @@ fn run_scheme(scheme: &str, m: &Matrix<'_>, opts: &Options) -> Result<Parts, Str
                 if scheme == "mxfp4_ggml" { Mxfp4Rule::Ggml } else { Mxfp4Rule::CompressedTensors };
             let q = mx::quantize_mxfp4(m, rule, opts).map_err(e)?;
             Parts { dequant: q.dequantize(), data: q.packed, scales: q.scales, global: None }
+        }
+        "mxfp8_ct" => {
+            let q = mx::quantize_mxfp8_ct(m, opts).map_err(e)?;
+            Parts { dequant: q.dequantize(), data: q.data, scales: q.scales, global: None }
         }
         "mxfp8_comfy" => {
             let q = mx::quantize_mxfp8_comfy(m, opts).map_err(e)?;

@@ -11,5 +11,6 @@ pub mod export;
 pub mod float;
 pub mod gguf;
 pub mod int;
+pub mod ptq;
 pub mod recipe;
 pub mod stats;

@@ -69,10 +69,12 @@ fn planned_part_sizes_match_encoded_bytes_for_every_fmt_layout_and_shape() {
     for fmt in float_names {
         for &layout in fmt.layouts {
             for (rows, cols) in shapes {
-                let nvfp4_unpadded =
-                    matches!(fmt.scheme, export::Scheme::Nvfp4 | export::Scheme::Nvfp4Experimental)
-                        && layout != Layout::Comfy;
-                if nvfp4_unpadded && cols % 16 != 0 {
+                let block = match fmt.scheme {
+                    export::Scheme::Nvfp4 | export::Scheme::Nvfp4Experimental => 16,
+                    export::Scheme::Mxfp4 | export::Scheme::Mxfp8 => 32,
+                    _ => 1,
+                };
+                if layout != Layout::Comfy && cols % block != 0 {
                     continue; // refused by the plan (tested below)
                 }
                 for (dtype, compute) in dtypes {

@@ -1,8 +1,35 @@
-//! GPU verification of quantized checkpoints against CPU references.
+//! GPU verification of quantized checkpoints against CPU references (`qtool verify`).
 //!
-//! This crate starts with the rule every GPU test follows: without a usable GPU a test prints
-//! `skipped: <reason>` and returns, unless `QTOOL_REQUIRE_GPU=1`, in which case it fails. A skip
-//! must never look like a pass in CI that has a GPU, hence the switch.
+//! - [`discover`]: the quantized linear layers of a checkpoint, their stored parts and layout
+//!   (on top of `qtool_quantizers::diff`'s decoder registry) and their CPU dequantization;
+//! - [`activations`]: seeded inputs; [`gemm`]: the FP32 CPU reference GEMM; [`metrics`]: errors;
+//! - [`tolerance`]: the kernel per layout and its named tolerance, and the REF-check limit;
+//! - [`expected`]: the error a correct file of a scheme has against the original weights;
+//! - [`reference`]: `--ref` weights paired with the candidate's layers;
+//! - [`runner`]: one layer at every batch size, through a [`runner::Backend`];
+//!   [`gpu`]: the backend over `qtool_kernels`; [`report`]: the JSON document;
+//! - [`corrupt`]: deliberately damaged copies of real checkpoints, for the tests that show the
+//!   checks catch what users fear; [`fixture`]: a seeded checkpoint with kernel-friendly shapes.
+//!
+//! Every GPU test follows one rule: without a usable GPU it prints `skipped: <reason>` and
+//! returns, unless `QTOOL_REQUIRE_GPU=1`, in which case it fails. A skip must never look like a
+//! pass in CI that has a GPU, hence the switch.
+
+pub mod activations;
+pub mod corrupt;
+pub mod discover;
+pub mod error;
+pub mod expected;
+pub mod fixture;
+pub mod gemm;
+pub mod gpu;
+pub mod metrics;
+pub mod reference;
+pub mod report;
+pub mod runner;
+pub mod tolerance;
+
+pub use error::{Result, VerifyError};
 
 use qtool_kernels::probe::{probe, GpuProbe};
 

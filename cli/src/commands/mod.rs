@@ -8,6 +8,7 @@ pub mod formats;
 pub mod gpu_info;
 pub mod inspect;
 pub mod quantize;
+pub mod quantize_calibrated;
 pub mod repack;
 pub mod stats;
 pub mod verify;

@@ -13,7 +13,9 @@ use qtool_formats::{Checkpoint, PlannedTensor};
 use qtool_quantizers::export::{
     self, output, Action, FmtSpec, IntOptions, Layout, QuantizePlan, Request,
 };
-use qtool_quantizers::recipe::{self, FileType, FileTypeError, RecipeOptions};
+use qtool_formats::GgmlType;
+use qtool_quantizers::recipe::gguf::parse_target_type;
+use qtool_quantizers::recipe::{self, FileType, FileTypeError, RecipeOptions, TensorTypeOverride};
 use serde::Serialize;
 
 use crate::args::QuantizeArgs;
@@ -66,6 +68,9 @@ struct Summary {
 }
 
 pub fn run(args: &QuantizeArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    if let Some(code) = super::quantize_calibrated::dispatch(args, out)? {
+        return Ok(code);
+    }
     if let Some(spec) = export::lookup(&args.fmt) {
         return run_safetensors(args, spec, out);
     }
@@ -101,6 +106,9 @@ fn run_safetensors(
     spec: &'static FmtSpec,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(flag) = gguf_only_flag(args) {
+        bail!("{flag} applies to GGUF types and recipes; --fmt {} writes safetensors", spec.name);
+    }
     let layout = match args.layout.as_deref() {
         None => None,
         Some("gguf") => bail!(
@@ -276,6 +284,7 @@ fn run_gguf(args: &QuantizeArgs, ft: FileType, out: &Output) -> anyhow::Result<E
     if args.group_size.is_some() || args.sym || args.asym || args.gptq_format.is_some() {
         bail!("--group-size, --sym/--asym and --gptq-format apply to w4a16 and w8a16 only");
     }
+    let opts = gguf_recipe_options(args)?;
     let ckpt = qtool_formats::open(&args.input)?;
     let Checkpoint::Gguf { file, .. } = &ckpt else {
         bail!(
@@ -284,7 +293,7 @@ fn run_gguf(args: &QuantizeArgs, ft: FileType, out: &Output) -> anyhow::Result<E
             args.fmt
         );
     };
-    let plan = recipe::prepare(file, ft, &RecipeOptions::default())?;
+    let plan = recipe::prepare(file, ft, &opts)?;
     let files = if args.dry_run {
         Vec::new()
     } else {
@@ -350,6 +359,42 @@ fn run_gguf(args: &QuantizeArgs, ft: FileType, out: &Output) -> anyhow::Result<E
         out.print(&render_text(&report))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--tensor-type`, `--output-tensor-type`, `--token-embedding-type` and `--pure`, checked
+/// before the input is opened so that a typo costs nothing.
+fn gguf_recipe_options(args: &QuantizeArgs) -> anyhow::Result<RecipeOptions> {
+    let ty = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<GgmlType>> {
+        v.as_deref()
+            .map(|name| parse_target_type(name).map_err(|e| anyhow!("--{flag} {name:?}: {e}")))
+            .transpose()
+    };
+    Ok(RecipeOptions {
+        tensor_types: args
+            .tensor_type
+            .iter()
+            .map(|spec| TensorTypeOverride::parse(spec))
+            .collect::<Result<_, _>>()?,
+        output_tensor_type: ty("output-tensor-type", &args.output_tensor_type)?,
+        token_embedding_type: ty("token-embedding-type", &args.token_embedding_type)?,
+        pure: args.pure,
+        leave_output_tensor: false,
+    })
+}
+
+/// The GGUF-only flags, refused for safetensors formats rather than silently ignored.
+fn gguf_only_flag(args: &QuantizeArgs) -> Option<&'static str> {
+    if !args.tensor_type.is_empty() {
+        Some("--tensor-type")
+    } else if args.output_tensor_type.is_some() {
+        Some("--output-tensor-type")
+    } else if args.token_embedding_type.is_some() {
+        Some("--token-embedding-type")
+    } else if args.pure {
+        Some("--pure")
+    } else {
+        None
+    }
 }
 
 fn is_gguf_path(p: &Path) -> bool {

@@ -1,7 +1,7 @@
 //! `inspect --stats`: per-tensor statistics through `qtool_quantizers::stats`, all tensors in
 //! parallel (and each tensor in parallel chunks) on the global rayon pool.
 
-use qtool_formats::{TensorInfo, TensorSource};
+use qtool_formats::{TensorDType, TensorInfo, TensorSource};
 use qtool_quantizers::decode::can_decode;
 use qtool_quantizers::stats::tensor_stats;
 use rayon::prelude::*;
@@ -39,6 +39,15 @@ pub fn compute_stats(
         .collect();
     bar.finish_and_clear();
     let stats = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    // Non-finite values are counted, never fatal; in text mode one line per tensor says where
+    // they are, since a table row is easy to miss in a listing of hundreds.
+    if !out.json && !out.quiet {
+        for (info, s) in selected.iter().zip(&stats) {
+            if let Some(line) = s.as_ref().and_then(|s| nonfinite_warning(info, s)) {
+                eprintln!("{line}");
+            }
+        }
+    }
 
     let mut skipped: Vec<&str> =
         selected.iter().filter(|t| !can_decode(t.dtype)).map(|t| t.dtype.name()).collect();
@@ -52,4 +61,25 @@ pub fn compute_stats(
         );
     }
     Ok(stats)
+}
+
+/// The warning for a tensor that decodes to NaN or Inf values, `None` when all are finite. In a
+/// block-quantized type every value is a level times the block's fp16 scale (minus a scaled
+/// min), so a non-finite value means a corrupt scale.
+fn nonfinite_warning(info: &TensorInfo, s: &TensorStats) -> Option<String> {
+    if s.nan == 0 && s.inf == 0 {
+        return None;
+    }
+    let cause = match info.dtype {
+        TensorDType::Ggml(ty) if ty.is_quantized() => " (a block has a NaN or Inf scale)",
+        _ => "",
+    };
+    Some(format!(
+        "warning: tensor '{}' ({}): {} of {} values decode to NaN, {} to Inf{cause}",
+        info.name,
+        info.dtype.name(),
+        s.nan,
+        s.count,
+        s.inf
+    ))
 }

@@ -11,8 +11,10 @@
 //! `/legacy` (`scale_weight`) or `/weight_scale` (a bare `weight_scale`, as ComfyUI's v1
 //! metadata form and compressed-tensors write it). Both scales multiply. A scale with one
 //! element per output row (`[N]` or `[N, 1]`, as
-//! compressed-tensors' `channel` strategy writes next to an F8 weight) is accepted too; block
-//! scales need a block size from `quantization_config` and are reported as not decodable.
+//! compressed-tensors' `channel` strategy writes next to an F8 weight) is accepted too, and so is
+//! a 2-D scale of shape `[cdiv(N, 128), cdiv(K, 128)]`: compressed-tensors' `block` strategy with
+//! the 128×128 tiles every FP8 block checkpoint uses (DeepSeek-V3, `FP8_BLOCK`), reported as
+//! `(block128)`. Other block sizes are reported as not decodable.
 //!
 //! # Why the product is taken in f32
 //! ComfyUI dequantizes as `q.to(dtype) * scale` in the layer's compute dtype (bf16 usually),
@@ -98,7 +100,11 @@ impl SchemeDecoder for ComfyFp8 {
                 DType::F8E5M2 => "fp8_e5m2_scaled",
                 _ => "fp8_e4m3fn_scaled",
             };
-            let per_row = matches!(&view, Ok(Fp8View { scale: Scale::PerRow(_), .. }));
+            let granularity = match &view {
+                Ok(Fp8View { scale: Scale::PerRow(_), .. }) => "(per-row)",
+                Ok(Fp8View { scale: Scale::Block(_), .. }) => "(block128)",
+                _ => "",
+            };
             // The layout, as far as the file says: a comfy_quant marker names ComfyUI; the
             // `scale_weight` spelling is the legacy scaled_fp8 layout; a bare `weight_scale` is
             // shared by ComfyUI's v1 metadata form and compressed-tensors, told apart by
@@ -110,7 +116,7 @@ impl SchemeDecoder for ComfyFp8 {
                 (false, false, Some("compressed-tensors")) => "compressed-tensors",
                 (false, false, _) => "weight_scale",
             };
-            let scheme = format!("{base}{}/{layout}", if per_row { "(per-row)" } else { "" });
+            let scheme = format!("{base}{granularity}/{layout}");
             out.push(LogicalTensor {
                 name: w.name.clone(),
                 index: wi,
@@ -129,7 +135,12 @@ impl SchemeDecoder for ComfyFp8 {
 enum Scale<'a> {
     Tensor(f32),
     PerRow(TensorRef<'a>),
+    /// `[cdiv(N, FP8_BLOCK), cdiv(K, FP8_BLOCK)]`, one scale per 128×128 tile.
+    Block(TensorRef<'a>),
 }
+
+/// The tile edge of block-scaled FP8 (compressed-tensors `block` strategy as published).
+pub const FP8_BLOCK: u64 = 128;
 
 /// `fp8 · scale`, per tensor or per row.
 #[derive(Debug)]
@@ -167,23 +178,33 @@ impl<'a> Fp8View<'a> {
         let rows = if shape.len() >= 2 { shape[..shape.len() - 1].iter().product() } else { 1 };
         let cols = shape.last().copied().unwrap_or(1);
         let n = s.info.numel();
-        let per_row = match n {
-            1 => false,
-            n if shape.len() == 2 && n == rows => true,
+        let block = [rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)];
+        #[derive(PartialEq)]
+        enum G {
+            Tensor,
+            Row,
+            Block,
+        }
+        let g = match n {
+            1 => G::Tensor,
+            // `[N]` / `[N, 1]` read per row even where a block grid would have that shape too.
+            _ if shape.len() == 2 && s.info.shape == block && s.info.shape[0] != rows => G::Block,
+            n if shape.len() == 2 && n == rows => G::Row,
+            _ if shape.len() == 2 && s.info.shape == block => G::Block,
             _ => {
                 return Err(format!(
-                    "scale '{}' has shape {:?}: a weight of shape {shape:?} needs 1 element (per tensor) or {rows} (per row); block scales are not decoded by diff",
+                    "scale '{}' has shape {:?}: a weight of shape {shape:?} needs 1 element (per tensor), {rows} (per row) or {block:?} (128×128 blocks)",
                     s.info.name, s.info.shape
                 ))
             }
         };
         // `validate` tied the element count to the bytes actually mapped.
         decode::validate(&s).map_err(|e| e.to_string())?;
-        let scale = if per_row {
-            Scale::PerRow(s)
-        } else {
+        let scale = match g {
+            G::Row => Scale::PerRow(s),
+            G::Block => Scale::Block(s),
             // One element, whose byte count `validate` checked.
-            Scale::Tensor(decode::decode_all(s).map_err(|e| e.to_string())?[0])
+            G::Tensor => Scale::Tensor(decode::decode_all(s).map_err(|e| e.to_string())?[0]),
         };
         Ok(Fp8View { weight, dtype, side: cx.side, scale, cols })
     }
@@ -219,6 +240,21 @@ impl Dequantize for Fp8View<'_> {
                     .map_err(|source| DiffError::Decode { side: self.side, source })?;
                 for (k, v) in out.iter_mut().enumerate() {
                     *v *= rows[((start + k as u64) / self.cols - r0) as usize];
+                }
+            }
+            Scale::Block(t) => {
+                // The tile rows this range touches, `[tr1 − tr0, cdiv(K, 128)]`.
+                let per_row = self.cols.div_ceil(FP8_BLOCK);
+                let end = start + out.len() as u64;
+                let (tr0, tr1) =
+                    (start / self.cols / FP8_BLOCK, end.div_ceil(self.cols).div_ceil(FP8_BLOCK));
+                let mut tiles = vec![0f32; ((tr1 - tr0) * per_row) as usize];
+                decode::decode_into(t, tr0 * per_row, &mut tiles)
+                    .map_err(|source| DiffError::Decode { side: self.side, source })?;
+                for (k, v) in out.iter_mut().enumerate() {
+                    let idx = start + k as u64;
+                    let (r, c) = (idx / self.cols, idx % self.cols);
+                    *v *= tiles[((r / FP8_BLOCK - tr0) * per_row + c / FP8_BLOCK) as usize];
                 }
             }
         }

@@ -208,7 +208,7 @@ impl Matcher {
 
 /// Which direction CAND's rows must be re-indexed for a q/k tensor matched across containers,
 /// if any; errors when the rows do not split into the heads the metadata announces.
-pub(crate) fn qk_row_map(
+pub fn qk_row_map(
     reference: &Input<'_>,
     candidate: &Input<'_>,
     ref_name: &str,

@@ -81,6 +81,11 @@ pub enum Scheme {
     Nvfp4,
     /// ComfyUI's NVFP4 with the tensor scale fixed at 1.0.
     Nvfp4Experimental,
+    /// OCP MXFP4: E2M1 in 32-element blocks with an E8M0 scale, compressed-tensors' rule.
+    Mxfp4,
+    /// OCP MXFP8: E4M3 in 32-element blocks with an E8M0 scale (compressed-tensors' or
+    /// comfy-kitchen's rule, by layout).
+    Mxfp8,
     /// Group-wise round-to-nearest integer weights of `bits` bits (W4A16 / W8A16), with the
     /// scale/zero formula of the layout's own tool (see [`crate::int::rtn`]).
     IntWeight { bits: u32 },
@@ -97,6 +102,8 @@ impl Scheme {
             Scheme::Fp8Channel => "fp8-e4m3fn-per-channel",
             Scheme::Nvfp4 => "nvfp4",
             Scheme::Nvfp4Experimental => "nvfp4-unit-tensor-scale",
+            Scheme::Mxfp4 => "mxfp4",
+            Scheme::Mxfp8 => "mxfp8",
             Scheme::IntWeight { bits: 4 } => "int4-weight-only",
             Scheme::IntWeight { .. } => "int8-weight-only",
         }
@@ -133,8 +140,11 @@ const COMFY_ONLY: &[Layout] = &[Comfy];
 /// AWQ GEMM stores 4-bit codes only (formats.md §3.2).
 const INT4_LAYOUTS: &[Layout] = &[CompressedTensors, Gptq, Awq];
 const INT8_LAYOUTS: &[Layout] = &[CompressedTensors, Gptq];
-/// ComfyUI defines per-tensor FP8 scales only (formats.md §1.3.1).
+/// ComfyUI defines per-tensor FP8 scales only (formats.md §1.3.1); MXFP4 exists only as
+/// compressed-tensors `mxfp4-pack-quantized` among the weight-only layouts (§2.5).
 const CT_ONLY: &[Layout] = &[CompressedTensors];
+/// compressed-tensors `mxfp8-quantized` (§2.5) and ComfyUI's `mxfp8` format (§1.3.3).
+const MXFP8_LAYOUTS: &[Layout] = &[CompressedTensors, Comfy];
 
 /// Every `--fmt` name of the safetensors quantizer, seed names first.
 pub const FORMATS: &[FmtSpec] = &[
@@ -259,6 +269,23 @@ pub const FORMATS: &[FmtSpec] = &[
         summary: "NVFP4 weight-only (W4A16), compressed-tensors by default",
     },
     FmtSpec {
+        name: "mxfp4",
+        scheme: Scheme::Mxfp4,
+        full_precision_mm: true,
+        default_layout: CompressedTensors,
+        layouts: CT_ONLY,
+        summary: "MXFP4 weight-only: E2M1, 32-element E8M0 block scales (mxfp4-pack-quantized)",
+    },
+    FmtSpec {
+        name: "mxfp8",
+        scheme: Scheme::Mxfp8,
+        full_precision_mm: true,
+        default_layout: CompressedTensors,
+        layouts: MXFP8_LAYOUTS,
+        summary:
+            "MXFP8 weight-only: E4M3, 32-element E8M0 block scales (mxfp8-quantized or comfy mxfp8)",
+    },
+    FmtSpec {
         name: "w4a16",
         scheme: Scheme::IntWeight { bits: 4 },
         full_precision_mm: true,
@@ -299,6 +326,12 @@ impl FmtSpec {
                 "integer weight-only formats are written as compressed-tensors, gptq or awq"
             }
             (_, Gptq | Awq) => "the gptq and awq layouts hold integer weights only (w4a16, w8a16)",
+            (Scheme::Mxfp4, _) => {
+                "MXFP4 weight-only is a compressed-tensors format (mxfp4-pack-quantized); ComfyUI has no mxfp4 layer format and ModelOpt's MXFP4 needs FP8 activations"
+            }
+            (Scheme::Mxfp8, _) => {
+                "MXFP8 is written as compressed-tensors mxfp8-quantized or ComfyUI mxfp8 only"
+            }
             (Scheme::Nvfp4 | Scheme::Nvfp4Experimental, ComfyLegacy) => {
                 "the legacy ComfyUI layout holds only scaled FP8"
             }

@@ -45,6 +45,17 @@ pub fn compressed_tensors(plan: &QuantizePlan) -> Option<Value> {
         Scheme::Nvfp4 | Scheme::Nvfp4Experimental => {
             ("nvfp4-pack-quantized", args(4, "tensor_group", Some(16), false), Value::Null)
         }
+        Scheme::Mxfp4 | Scheme::Mxfp8 => {
+            let bits = if plan.fmt.scheme == Scheme::Mxfp4 { 4 } else { 8 };
+            let mut w = args(bits, "group", Some(32), false);
+            // compressed-tensors 0.20 picks the MX compressor and the E8M0 scale handling by
+            // `scale_dtype == torch.uint8` (MXFP8QuantizationCompressor.can_compress,
+            // should_generate_mx_scales), as its MXFP4A16/MXFP8A16 presets write it. Older
+            // versions, which forbid the key, know no MX format anyway.
+            w["scale_dtype"] = json!("torch.uint8");
+            let format = if bits == 4 { "mxfp4-pack-quantized" } else { "mxfp8-quantized" };
+            (format, w, Value::Null)
+        }
         Scheme::IntWeight { bits } => {
             let s = plan.int?;
             let group = s.group_size.to_i64();

@@ -13,7 +13,7 @@ use qtool_formats::{DType, PlannedTensor, TensorDType};
 
 use crate::int::{
     pack_awq, pack_ct, pack_gptq, quantize_for_storage, Bits, Convention, GptqZeros, GroupSize,
-    IntResult, RtnConfig, ScaleDtype,
+    IntResult, QuantizedInt, RtnConfig, ScaleDtype,
 };
 
 use super::catalog::{Layout, Scheme};
@@ -200,32 +200,49 @@ pub fn encode(
     l: &LayerPlan,
     w: &[f32],
 ) -> IntResult<Vec<Vec<u8>>> {
+    let (cfg, storage) = rtn_config(layout, s, l.dtype);
+    let q = quantize_for_storage(w, l.rows, l.cols, &cfg, None, storage)?;
+    pack(layout, s, l, &q)
+}
+
+/// The scale/zero formula and the stored scale precision of `layout` for a `dtype` weight:
+/// what a quantizer that computes its own codes (calibrated GPTQ/AWQ) must use so that
+/// [`pack`] writes its result exactly.
+pub fn rtn_config(layout: Layout, s: &IntSettings, dtype: DType) -> (RtnConfig, ScaleDtype) {
     let convention = match layout {
         Layout::Gptq => Convention::Gptq,
         Layout::Awq => Convention::Awq,
         _ => Convention::CompressedTensors,
     };
-    let cfg =
-        RtnConfig { bits: s.bits, group_size: s.group_size, symmetric: s.symmetric, convention };
-    let sd = scale_dtype(layout, l.dtype);
-    let storage = match sd {
+    let storage = match scale_dtype(layout, dtype) {
         DType::BF16 => ScaleDtype::BF16,
         DType::F32 => ScaleDtype::F32,
         _ => ScaleDtype::F16,
     };
-    let q = quantize_for_storage(w, l.rows, l.cols, &cfg, None, storage)?;
+    (RtnConfig { bits: s.bits, group_size: s.group_size, symmetric: s.symmetric, convention }, storage)
+}
+
+/// The bytes of [`outputs`] for an already quantized layer (scales exactly representable in
+/// the layout's scale dtype, as [`rtn_config`] makes them).
+pub fn pack(
+    layout: Layout,
+    s: &IntSettings,
+    l: &LayerPlan,
+    q: &QuantizedInt,
+) -> IntResult<Vec<Vec<u8>>> {
+    let sd = scale_dtype(layout, l.dtype);
     let scales = |v: &[f32]| scale_bytes(sd, v);
     Ok(match layout {
         Layout::Gptq => {
-            let t = pack_gptq(&q, s.zeros)?;
+            let t = pack_gptq(q, s.zeros)?;
             vec![words(&t.qweight), words(&t.qzeros), scales(&t.scales), words(&t.g_idx)]
         }
         Layout::Awq => {
-            let t = pack_awq(&q)?;
+            let t = pack_awq(q)?;
             vec![words(&t.qweight), words(&t.qzeros), scales(&t.scales)]
         }
         _ => {
-            let t = pack_ct(&q)?;
+            let t = pack_ct(q)?;
             let mut v = vec![
                 words(&t.weight_packed),
                 scales(&t.weight_scale),

@@ -7,6 +7,7 @@ use qtool_formats::codec::{Fp8Format, Overflow};
 use qtool_formats::DType;
 
 use crate::float::fp8_scaled::{self, Granularity};
+use crate::float::mx::{self, Mxfp4Rule};
 use crate::float::nvfp4::{self, Producer};
 use crate::float::{FloatError, Matrix, Options};
 
@@ -63,6 +64,18 @@ pub fn encode(
                 parts.push(comfy_quant());
             }
             parts
+        }
+        (Scheme::Mxfp4, _) => {
+            let q = mx::quantize_mxfp4(&m, Mxfp4Rule::CompressedTensors, &opts)?;
+            vec![q.packed, q.scales]
+        }
+        (Scheme::Mxfp8, Layout::Comfy) => {
+            let q = mx::quantize_mxfp8_comfy(&m, &opts)?;
+            vec![q.data, q.scales, comfy_quant()]
+        }
+        (Scheme::Mxfp8, _) => {
+            let q = mx::quantize_mxfp8_ct(&m, &opts)?;
+            vec![q.data, q.scales]
         }
         (Scheme::IntWeight { .. }, _) => {
             return Err(FloatError::Unsupported {

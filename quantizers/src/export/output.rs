@@ -84,12 +84,23 @@ pub fn write(
     out: &Path,
     progress: &mut dyn FnMut(&PlanEntry),
 ) -> Result<Vec<PathBuf>, ExportError> {
+    write_with(ckpt, plan, out, progress, None)
+}
+
+/// [`write`] with some entries' bytes computed elsewhere ([`pipeline::Precomputed`]).
+pub fn write_with(
+    ckpt: &Checkpoint,
+    plan: &QuantizePlan,
+    out: &Path,
+    progress: &mut dyn FnMut(&PlanEntry),
+    pre: Option<&dyn pipeline::Precomputed>,
+) -> Result<Vec<PathBuf>, ExportError> {
     check_target(ckpt, plan, out)?;
     let source = ckpt.source();
     let metadata = string_metadata(source);
     if is_file_output(out) {
         let mut writer = SafetensorsWriter::create(out, plan.planned_tensors(), metadata, None)?;
-        pipeline::run(source, plan, &mut writer, progress)?;
+        pipeline::run_with(source, plan, &mut writer, progress, pre)?;
         return Ok(writer.finish()?);
     }
     let created = !out.exists();
@@ -97,7 +108,7 @@ pub fn write(
         fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     let mut written = Vec::new();
-    let result = write_dir(ckpt, plan, out, metadata, progress, &mut written);
+    let result = write_dir(ckpt, plan, out, metadata, progress, pre, &mut written);
     if result.is_err() {
         for p in &written {
             let _ = fs::remove_file(p);
@@ -115,6 +126,7 @@ fn write_dir(
     out: &Path,
     metadata: BTreeMap<String, String>,
     progress: &mut dyn FnMut(&PlanEntry),
+    pre: Option<&dyn pipeline::Precomputed>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), ExportError> {
     let source = ckpt.source();
@@ -146,7 +158,7 @@ fn write_dir(
         return Err(Error::invalid(&files[0], "tensors of the input shards are interleaved").into());
     }
     let mut sink = ShardedSink { shards, next: 0 };
-    pipeline::run(source, plan, &mut sink, progress)?;
+    pipeline::run_with(source, plan, &mut sink, progress, pre)?;
     for (_, writer) in sink.shards {
         written.extend(writer.finish()?);
     }

@@ -18,6 +18,15 @@ use super::{int_layer, layer};
 /// this still goes through, alone.
 const WINDOW_BYTES: u64 = 1 << 30;
 
+/// Output bytes computed outside this pipeline for some entries — the calibrated GPTQ/AWQ
+/// weights (and AWQ's rescaled norms) of `qtool-calib`, which need the whole model's
+/// activations and so cannot be produced tensor by tensor here.
+pub trait Precomputed: Sync {
+    /// The bytes of `entry`'s outputs in the order of `entry.outputs`, or `None` to run the
+    /// entry's own action.
+    fn parts(&self, entry: &PlanEntry) -> Option<Result<Vec<Vec<u8>>, ExportError>>;
+}
+
 /// Writes `plan`'s output tensors into `sink`, calling `progress` with each entry's input bytes
 /// once it is written.
 pub fn run(
@@ -25,6 +34,17 @@ pub fn run(
     plan: &QuantizePlan,
     sink: &mut dyn TensorSink,
     progress: &mut dyn FnMut(&PlanEntry),
+) -> Result<(), ExportError> {
+    run_with(source, plan, sink, progress, None)
+}
+
+/// [`run`], taking the entries `pre` provides from it.
+pub fn run_with(
+    source: &dyn TensorSource,
+    plan: &QuantizePlan,
+    sink: &mut dyn TensorSink,
+    progress: &mut dyn FnMut(&PlanEntry),
+    pre: Option<&dyn Precomputed>,
 ) -> Result<(), ExportError> {
     let max_window = (rayon::current_num_threads() * 2).max(2);
     let mut start = 0;
@@ -41,7 +61,7 @@ pub fn run(
         }
         let window = &plan.entries[start..end];
         let results: Vec<Result<Vec<Cow<'_, [u8]>>, ExportError>> =
-            window.par_iter().map(|e| produce(source, plan, e)).collect();
+            window.par_iter().map(|e| produce(source, plan, e, pre)).collect();
         for (entry, result) in window.iter().zip(results) {
             let parts = result?;
             for (out, bytes) in entry.outputs.iter().zip(&parts) {
@@ -74,7 +94,11 @@ fn produce<'a>(
     source: &'a dyn TensorSource,
     plan: &QuantizePlan,
     e: &'a PlanEntry,
+    pre: Option<&dyn Precomputed>,
 ) -> Result<Vec<Cow<'a, [u8]>>, ExportError> {
+    if let Some(parts) = pre.and_then(|p| p.parts(e)) {
+        return Ok(parts?.into_iter().map(Cow::Owned).collect());
+    }
     match (&e.action, e.input) {
         (Action::Marker(bytes), _) => Ok(vec![Cow::Borrowed(bytes.as_slice())]),
         (Action::Copy, Some(i)) => {

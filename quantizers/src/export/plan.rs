@@ -11,7 +11,7 @@ use qtool_formats::codec::Fp8Format;
 use qtool_formats::{DType, PlannedTensor, TensorDType, TensorInfo, TensorSource};
 use regex::Regex;
 
-use crate::float::{nvfp4, swizzle, ComputeDType};
+use crate::float::{mx, nvfp4, swizzle, ComputeDType};
 
 use super::catalog::{comfy_quant_json, FmtSpec, Layout, Scheme};
 use super::error::ExportError;
@@ -294,12 +294,14 @@ fn decide(
 
 /// Shapes the scheme cannot take in this layout (reported, and the tensor left as it is).
 fn shape_refusal(scheme: Scheme, layout: Layout, cols: usize) -> Option<String> {
-    let nvfp4 = matches!(scheme, Scheme::Nvfp4 | Scheme::Nvfp4Experimental);
-    (nvfp4 && layout != Layout::Comfy && cols % nvfp4::BLOCK != 0).then(|| {
-        format!(
-            "in_features {cols} is not a multiple of {} ({layout} NVFP4 does not pad)",
-            nvfp4::BLOCK
-        )
+    let (block, what) = match scheme {
+        Scheme::Nvfp4 | Scheme::Nvfp4Experimental => (nvfp4::BLOCK, "NVFP4"),
+        Scheme::Mxfp4 => (mx::BLOCK, "MXFP4"),
+        Scheme::Mxfp8 => (mx::BLOCK, "MXFP8"),
+        _ => return None,
+    };
+    (layout != Layout::Comfy && cols % block != 0).then(|| {
+        format!("in_features {cols} is not a multiple of {block} ({layout} {what} does not pad)")
     })
 }
 
@@ -326,6 +328,8 @@ fn comfy_format_name(scheme: Scheme) -> &'static str {
         Scheme::Fp8Cast(Fp8Format::E5M2) | Scheme::Fp8Scaled(Fp8Format::E5M2) => "float8_e5m2",
         Scheme::Fp8Channel => "float8_e4m3fn",
         Scheme::Nvfp4 | Scheme::Nvfp4Experimental | Scheme::Passthrough => "nvfp4",
+        Scheme::Mxfp4 => "mxfp4",
+        Scheme::Mxfp8 => "mxfp8",
         Scheme::IntWeight { .. } => "int",
     }
 }
@@ -377,6 +381,23 @@ pub fn layer_outputs(fmt: &FmtSpec, layout: Layout, l: &LayerPlan) -> Vec<Planne
                 comfy_quant(),
             ]
         }
+        (Scheme::Mxfp4, _) => vec![
+            st(name("weight_packed"), DType::U8, vec![n, k / 2]),
+            st(name("weight_scale"), DType::U8, vec![n, k / mx::BLOCK]),
+        ],
+        (Scheme::Mxfp8, Layout::Comfy) => {
+            let (np, kp) = (n.div_ceil(mx::BLOCK) * mx::BLOCK, k.div_ceil(mx::BLOCK) * mx::BLOCK);
+            let [sr, sc] = swizzle::blocked_shape(np, kp / mx::BLOCK);
+            vec![
+                st(name("weight"), DType::F8E4M3, vec![np, kp]),
+                st(name("weight_scale"), DType::U8, vec![sr, sc]),
+                comfy_quant(),
+            ]
+        }
+        (Scheme::Mxfp8, _) => vec![
+            st(name("weight"), DType::F8E4M3, vec![n, k]),
+            st(name("weight_scale"), DType::U8, vec![n, k / mx::BLOCK]),
+        ],
         (_, Layout::CompressedTensors) => vec![
             st(name("weight_packed"), DType::U8, vec![n, k / 2]),
             st(name("weight_scale"), DType::F8E4M3, vec![n, k / nvfp4::BLOCK]),

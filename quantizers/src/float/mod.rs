@@ -64,12 +64,12 @@ impl ComputeDType {
     ///
     /// For F16/BF16 this is what torch does with the f32 result of every elementwise operation
     /// on a half tensor (the operation is computed in f32, then rounded once).
-    #[inline]
+    #[inline(always)]
     pub fn round(self, x: f32) -> f32 {
         match self {
             ComputeDType::F32 => x,
             ComputeDType::F16 => f16::from_f32(x).to_f32(),
-            ComputeDType::BF16 => bf16::from_f32(x).to_f32(),
+            ComputeDType::BF16 => round_bf16(x),
         }
     }
 
@@ -106,6 +106,21 @@ impl std::fmt::Display for ComputeDType {
         f.write_str(self.name())
     }
 }
+
+/// f32 → bf16 → f32, nearest-even, as `half::bf16::from_f32` (NaN stays NaN, quieted; overflow
+/// gives ±inf) but branch-light, because it runs on every element of every bf16 weight.
+#[inline(always)]
+fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    if b & 0x7FFF_FFFF > 0x7F80_0000 {
+        return f32::from_bits((b | 0x0040_0000) & 0xFFFF_0000);
+    }
+    f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
+}
+
+/// Elements per parallel work item: large enough to amortize scheduling, small enough to
+/// spread a single layer over every core.
+const PAR_CHUNK: usize = 1 << 16;
 
 /// Settings shared by every quantizer in this module.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -152,7 +167,30 @@ impl<'a> Matrix<'a> {
 /// Fails on the first NaN/inf unless allowed, and on a finite value that the compute dtype
 /// cannot hold (an f32 beyond 65504 claimed to be an F16 weight): rounding it would invent an
 /// infinity the producer never saw.
+///
+/// The common case — every value finite and already exact in the compute dtype, as for a weight
+/// stored in that dtype — is found by one parallel scan and borrows the input: no copy, so a
+/// layer costs its f32 decode and its outputs, nothing more. Anything else takes the sequential
+/// path below, which names the first offending element.
 fn prepare<'a>(m: &Matrix<'a>, opts: &Options) -> Result<Cow<'a, [f32]>, FloatError> {
+    use rayon::prelude::*;
+    let dt = opts.compute;
+    let clean = m.data.par_chunks(PAR_CHUNK).all(|c| {
+        c.iter().all(|&x| {
+            if x.is_finite() {
+                dt == ComputeDType::F32 || dt.round(x) == x
+            } else {
+                opts.allow_nonfinite && (x.is_nan() || dt.round(x) == x)
+            }
+        })
+    });
+    if clean {
+        return Ok(Cow::Borrowed(m.data));
+    }
+    prepare_slow(m, opts)
+}
+
+fn prepare_slow<'a>(m: &Matrix<'a>, opts: &Options) -> Result<Cow<'a, [f32]>, FloatError> {
     let cols = m.cols.max(1);
     if !opts.allow_nonfinite {
         if let Some(index) = m.data.iter().position(|x| !x.is_finite()) {
@@ -188,6 +226,13 @@ fn prepare<'a>(m: &Matrix<'a>, opts: &Options) -> Result<Cow<'a, [f32]>, FloatEr
 /// Largest finite magnitude, ignoring NaN and ±inf (see the non-finite policy); 0 for none.
 fn finite_amax(xs: impl IntoIterator<Item = f32>) -> f32 {
     xs.into_iter().filter(|x| x.is_finite()).fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// [`finite_amax`] of a whole tensor, in parallel (max is exact, so the result does not depend
+/// on the split).
+fn par_finite_amax(xs: &[f32]) -> f32 {
+    use rayon::prelude::*;
+    xs.par_chunks(PAR_CHUNK).map(|c| finite_amax(c.iter().copied())).reduce(|| 0.0, f32::max)
 }
 
 /// `x.clamp(-max, max)` that lets NaN through, as `torch.clamp` does.
@@ -257,6 +302,41 @@ mod tests {
         assert!(matches!(err, FloatError::OutOfRange { index: 1, .. }), "{err}");
         let opts = Options { compute: ComputeDType::BF16, allow_nonfinite: false };
         assert_eq!(prepare(&m, &opts).unwrap()[1], 70144.0, "bf16 rounds, it does not overflow");
+    }
+
+    #[test]
+    fn bf16_round_equals_the_half_crate_on_every_kind_of_input() {
+        let mut x = 0x0001_2345u32;
+        let specials =
+            [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN_POSITIVE];
+        for i in 0..2_000_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let v =
+                if i < specials.len() as u32 { specials[i as usize] } else { f32::from_bits(x) };
+            let want = bf16::from_f32(v).to_f32();
+            let got = round_bf16(v);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{v:e} ({:#x}): {got:e} vs {want:e}",
+                v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn prepare_borrows_exact_values_and_copies_otherwise() {
+        let d = [1.0f32, -0.5, 3.0];
+        let m = Matrix::new(&d, 1, 3).unwrap();
+        let bf = Options { compute: ComputeDType::BF16, allow_nonfinite: false };
+        assert!(matches!(prepare(&m, &bf).unwrap(), Cow::Borrowed(_)));
+        let d = [1.0f32, 1.0 + 1.0 / 1024.0];
+        let m = Matrix::new(&d, 1, 2).unwrap();
+        let p = prepare(&m, &bf).unwrap();
+        assert!(matches!(p, Cow::Owned(_)));
+        assert_eq!(&*p, &[1.0, 1.0]);
+        assert_eq!(par_finite_amax(&[1.0, f32::NAN, -7.0, f32::INFINITY]), 7.0);
     }
 
     #[test]

@@ -21,6 +21,13 @@
 //! gets `e = 0` and zero data; the scales are stored in the `to_blocked` swizzle
 //! (`[roundup(Np,128), roundup(Kp/32,4)]`).
 //!
+//! **MXFP8** (E4M3 elements), compressed-tensors `mxfp8-quantized` (§2.5; compressed-tensors
+//! 0.20 `MXFP8QuantizationCompressor`, `generate_mx_scales(num_bits=8)`): no padding, `weight`
+//! E4M3 `[N, K]` and `weight_scale` uint8 `[N, K/32]` row-major; `e = 127 +
+//! floor(log2(round_to_power_2(amax))) − 8` ([`e8m0::exponent_round_pow2`] — the rounding uses
+//! the E2M1 mantissa width there too, so an amax rounds up iff its significand is ≥ 1.75 and the
+//! block maximum never exceeds 448); data `clamp(x / 2^(e−127), ±448)` cast to E4M3 (RNE).
+//!
 //! Dequantization is `element · 2^(e−127)` for every rule.
 
 use qtool_formats::codec::{Fp8Format, Overflow};
@@ -183,6 +190,87 @@ impl Mxfp4Tensor {
             .flat_map(|(blk, &e)| {
                 let s = e8m0::decode(e);
                 blk.iter().map(move |&c| e2m1::decode(c) * s)
+            })
+            .collect()
+    }
+}
+
+/// MXFP8 in the compressed-tensors layout (`mxfp8-quantized`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mxfp8CtTensor {
+    pub rows: usize,
+    pub cols: usize,
+    /// E4M3 codes `[rows, cols]`.
+    pub data: Vec<u8>,
+    /// `[rows, cols/32]` biased E8M0 exponents, row-major.
+    pub scales: Vec<u8>,
+}
+
+/// compressed-tensors MXFP8 (K must be a multiple of 32: compressed-tensors' group strategy
+/// does not pad).
+///
+/// torch divides by a power of two, which is exact in every compute dtype down to the
+/// subnormals, so the f32 arithmetic here is the producer's. (An F16 weight whose block scale
+/// 2^(e−127) lies outside f16's range is mishandled by compressed-tensors itself, which holds
+/// the scale in the weight's dtype; qtool keeps the exact exponent.)
+pub fn quantize_mxfp8_ct(m: &Matrix<'_>, opts: &Options) -> Result<Mxfp8CtTensor, FloatError> {
+    require_blocks("mxfp8 (compressed-tensors rule)", m.cols())?;
+    let x = prepare(m, opts)?;
+    let fmt = Fp8Format::E4M3Fn;
+    let mut data = Vec::with_capacity(x.len());
+    let mut scales = Vec::with_capacity(x.len() / BLOCK);
+    for block in x.chunks_exact(BLOCK) {
+        let e = e8m0::exponent_round_pow2(finite_amax(block.iter().copied()), 8);
+        let s = e8m0::decode(e);
+        scales.push(e);
+        data.extend(
+            block.iter().map(|&v| fmt.encode(clamp_sym(v / s, fmt.max()), Overflow::Saturate)),
+        );
+    }
+    Ok(Mxfp8CtTensor { rows: m.rows(), cols: m.cols(), data, scales })
+}
+
+impl Mxfp8CtTensor {
+    /// Reassembles a tensor read from a checkpoint, checking every part's length.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+        scales: Vec<u8>,
+    ) -> Result<Self, FloatError> {
+        require_blocks("mxfp8", cols)?;
+        let n = rows.checked_mul(cols).ok_or(FloatError::Shape {
+            rows,
+            cols,
+            expected: None,
+            got: data.len(),
+        })?;
+        if data.len() != n {
+            return Err(FloatError::PartLength {
+                part: "mxfp8 weight",
+                expected: n,
+                got: data.len(),
+            });
+        }
+        if scales.len() != n / BLOCK {
+            return Err(FloatError::PartLength {
+                part: "mxfp8 scales",
+                expected: n / BLOCK,
+                got: scales.len(),
+            });
+        }
+        Ok(Mxfp8CtTensor { rows, cols, data, scales })
+    }
+
+    /// `e4m3 · 2^(e−127)`, row-major `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let fmt = Fp8Format::E4M3Fn;
+        self.data
+            .chunks_exact(BLOCK)
+            .zip(&self.scales)
+            .flat_map(|(blk, &e)| {
+                let s = e8m0::decode(e);
+                blk.iter().map(move |&c| fmt.decode(c) * s)
             })
             .collect()
     }
@@ -367,6 +455,28 @@ mod tests {
         assert_eq!(d[1], 1.0);
         assert_eq!(d[cols + 33], 0.5);
         assert_eq!(d.len(), rows * cols);
+    }
+
+    #[test]
+    fn mxfp8_ct_rounds_amax_to_a_power_of_two_and_never_saturates() {
+        let mut w = vec![0.0f32; 96];
+        w[0] = 448.0; // 1.75·2⁸ rounds up to 2⁹ → e = 127 + 9 − 8 = 128, scale 2
+        w[1] = -1.0;
+        w[32] = 445.0; // 1.738·2⁸ rounds down → e = 127, scale 1, 445 → E4M3 448
+        w[64] = -0.0; // zero block → e = 0, sign kept
+        let m = Matrix::new(&w, 1, 96).unwrap();
+        let q = quantize_mxfp8_ct(&m, &Options::default()).unwrap();
+        assert_eq!(q.scales, [128, 127, 0]);
+        assert_eq!(q.data[64], 0x80);
+        let d = q.dequantize();
+        assert_eq!((d[0], d[1], d[32], d[64]), (448.0, -1.0, 448.0, 0.0));
+        let err = quantize_mxfp8_ct(&Matrix::new(&w[..80], 2, 40).unwrap(), &Options::default());
+        assert!(matches!(err, Err(FloatError::Unsupported { .. })));
+        assert!(matches!(
+            Mxfp8CtTensor::from_parts(1, 96, vec![0; 96], vec![0; 2]),
+            Err(FloatError::PartLength { part: "mxfp8 scales", expected: 3, got: 2 })
+        ));
+        assert!(Mxfp8CtTensor::from_parts(usize::MAX, 64, vec![0; 4], vec![0; 4]).is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod q4_k;
 mod q5_k;
 mod q6_k;
 mod q8_k;
+mod simd;
 
 use std::fmt;
 
@@ -297,3 +298,5 @@ pub fn quantize_rows_weighted(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_simd;

@@ -9,10 +9,11 @@ use bytemuck::{Pod, Zeroable};
 use qtool_formats::GgmlType;
 
 use super::common::{
-    f32_to_fp16, fp16_to_f32, get_scale_min_k4, importance_weights, make_qkx2_quants,
-    make_qp_quants, nearest_int, pack_k4_levels, pack_k4_scales, rms_plus_abs_weights,
-    sum_in_order, sum_squares, Qkx2Search, QK_K,
+    f32_to_fp16, fp16_to_f32, get_scale_min_k4, importance_weights, make_qp_quants, nearest_int,
+    pack_k4_levels, pack_k4_scales, rms_plus_abs_weights, sum_in_order, sum_squares, Qkx2Search,
+    QK_K,
 };
+use super::simd::make_qkx2_quants_x8;
 use super::BlockCodec;
 
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -38,17 +39,14 @@ pub(crate) fn quantize_k4_superblock(
     search: Qkx2Search,
 ) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
     let mut levels = [0u8; QK_K];
-    let mut laux = [0u8; 32];
-    let mut scales = [0.0f32; 8];
-    let mut mins = [0.0f32; 8];
+    let mut weights = [0.0f32; QK_K];
     for j in 0..8 {
         let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32-element sub-block");
-        let weights = rms_plus_abs_weights(xs);
-        let sm =
-            make_qkx2_quants(search, xs, &weights, &mut levels[32 * j..32 * j + 32], &mut laux);
-        scales[j] = sm.scale;
-        mins[j] = sm.min;
+        weights[32 * j..32 * j + 32].copy_from_slice(&rms_plus_abs_weights(xs));
     }
+    let found = make_qkx2_quants_x8(search, &x[..QK_K], &weights, &mut levels);
+    let scales: [f32; 8] = std::array::from_fn(|j| found[j].scale);
+    let mins: [f32; 8] = std::array::from_fn(|j| found[j].min);
     let (d, dmin, packed) = pack_k4_scales(&scales, &mins);
     requantize_k4(x, d, dmin, &packed, search.nmax, &mut levels);
     (d, dmin, packed, levels)
@@ -67,17 +65,16 @@ pub(crate) fn quantize_k4_superblock_weighted(
     let search = Qkx2Search { nmax, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
     let sigma2 = 2.0 * sum_squares(&x[..QK_K]) / QK_K as f32;
     let mut levels = [0u8; QK_K];
-    let mut laux = [0u8; 32];
-    let (mut scales, mut mins, mut sw) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+    let mut weights = [0.0f32; QK_K];
+    let mut sw = [0.0f32; 8];
     for j in 0..8 {
         let sub = 32 * j..32 * j + 32;
-        let mut weights = [0.0f32; 32];
-        importance_weights(&x[sub.clone()], &qw[sub.clone()], sigma2, &mut weights);
-        sw[j] = sum_in_order(&weights);
-        let sm = make_qkx2_quants(search, &x[sub.clone()], &weights, &mut levels[sub], &mut laux);
-        scales[j] = sm.scale;
-        mins[j] = sm.min;
+        importance_weights(&x[sub.clone()], &qw[sub.clone()], sigma2, &mut weights[sub.clone()]);
+        sw[j] = sum_in_order(&weights[sub]);
     }
+    let found = make_qkx2_quants_x8(search, &x[..QK_K], &weights, &mut levels);
+    let scales: [f32; 8] = std::array::from_fn(|j| found[j].scale);
+    let mins: [f32; 8] = std::array::from_fn(|j| found[j].min);
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
     let m_block = make_qp_quants(63, &mins, &mut lm, &sw);

@@ -9,7 +9,8 @@
 use bytemuck::{Pod, Zeroable};
 use qtool_formats::GgmlType;
 
-use super::common::{f32_to_fp16, fp16_to_f32, make_qx_quants, nearest_int, GROUP_MAX_EPS, QK_K};
+use super::common::{f32_to_fp16, fp16_to_f32, nearest_int, GROUP_MAX_EPS, QK_K};
+use super::simd::make_qx_quants_x8;
 use super::BlockCodec;
 
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -73,14 +74,17 @@ fn quantize_block(x: &[f32], qw: Option<&[f32]>, b: &mut BlockQ6K) {
     let mut scales = [0.0f32; 16];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..16 {
-        let s = make_qx_quants(
+    for h in 0..2 {
+        let half = 128 * h..128 * h + 128;
+        let found = make_qx_quants_x8(
             32,
-            &x[16 * ib..16 * ib + 16],
-            &mut levels[16 * ib..16 * ib + 16],
-            qw.map(|q| &q[16 * ib..16 * ib + 16]),
+            &x[half.clone()],
+            &mut levels[half.clone()],
+            qw.map(|q| &q[half]),
         );
-        scales[ib] = s;
+        scales[8 * h..8 * h + 8].copy_from_slice(&found);
+    }
+    for &s in &scales {
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = s;

@@ -450,7 +450,7 @@ pub fn quantize_for_storage(
 }
 
 /// `(scale, unsigned zero)` of one group from its observed `[min, max]`.
-fn group_params(cfg: &RtnConfig, min: f32, max: f32) -> (f32, u8) {
+pub(crate) fn group_params(cfg: &RtnConfig, min: f32, max: f32) -> (f32, u8) {
     let maxq = cfg.bits.max_code() as f32;
     let mid = cfg.bits.mid() as f32;
     match cfg.convention {
@@ -499,7 +499,7 @@ fn group_params(cfg: &RtnConfig, min: f32, max: f32) -> (f32, u8) {
 
 /// One code from one weight, with the rounding order of the convention.
 #[inline]
-fn encode(cfg: &RtnConfig, x: f32, scale: f32, zero: u8) -> u8 {
+pub(crate) fn encode(cfg: &RtnConfig, x: f32, scale: f32, zero: u8) -> u8 {
     let maxq = cfg.bits.max_code() as f32;
     match cfg.convention {
         // clamp(round(x / s) + z, 0, maxq)

@@ -1,0 +1,211 @@
+//! AWQ of one block: the scale search per group of linears sharing an input, the folding of
+//! the scales into the producer of that input, the clip search, then round-to-nearest.
+//!
+//! | group | input site | scales folded into |
+//! |---|---|---|
+//! | q, k, v | after the input RMSNorm | `input_layernorm.weight` |
+//! | o | attention output | `v_proj` rows (only when v and o have matching shapes, i.e. no GQA, as AutoAWQ) |
+//! | gate, up | after the post-attention RMSNorm | `post_attention_layernorm.weight` |
+//! | down | `silu(gate)·up` | `up_proj` rows |
+//!
+//! All searches see the original weights and inputs; the scales are then applied together and
+//! the clip search runs on the scaled weights with the statistics of the scaled inputs (as
+//! AutoAWQ: `apply_scale` before `auto_clip`, no clipping for q/k). A group with a linear left
+//! unquantized (`--ignore`) is not scaled.
+
+use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
+use qtool_quantizers::int::{dequantize, quantize_for_storage};
+use qtool_quantizers::ptq::awq::scale_gram;
+use qtool_quantizers::ptq::{clip_search, output_error, search_scales, AwqConfig};
+
+use super::{linear_mut, LayerLog, PipelineError, SiteStats, Store, Target};
+use crate::engine::{Block, Site};
+
+/// Where a group's scales are folded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Producer {
+    InputNorm,
+    PostNorm,
+    /// The rows of the linear at this slot.
+    Linear(usize),
+}
+
+const GROUPS: [(Site, &[usize], Producer); 4] = [
+    (Site::AttnIn, &[0, 1, 2], Producer::InputNorm),
+    (Site::OIn, &[3], Producer::Linear(2)),
+    (Site::MlpIn, &[4, 5], Producer::PostNorm),
+    (Site::DownIn, &[6], Producer::Linear(5)),
+];
+
+const NAMES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+pub(super) fn quantize(
+    block: &mut Block,
+    targets: &[Target],
+    stats: &SiteStats,
+    held: &SiteStats,
+    plan: &QuantizePlan,
+    settings: &IntSettings,
+    store: &Store,
+) -> Result<Vec<LayerLog>, PipelineError> {
+    let bi = block.index;
+    let cfg_of = |t: &Target| {
+        let (rtn, sd) = int_layer::rtn_config(plan.layout, settings, t.layer.dtype);
+        AwqConfig::new(rtn, sd)
+    };
+    let target_at = |slot: usize| targets.iter().find(|t| t.slot == slot);
+    let layer_err = |layer: &str| {
+        let layer = layer.to_owned();
+        move |source| PipelineError::Layer { layer, source }
+    };
+    let orig: Vec<Vec<f32>> =
+        block.linears().iter().map(|(_, _, l)| l.weight.data.clone()).collect();
+    let dims: Vec<(usize, usize)> =
+        block.linears().iter().map(|(_, _, l)| (l.weight.rows, l.weight.cols)).collect();
+
+    // 1. Scale searches on the original weights.
+    let mut col_scale: [Option<Vec<f32>>; 7] = Default::default();
+    let mut row_scale: [Option<Vec<f32>>; 7] = Default::default();
+    let mut alpha: [Option<f32>; 7] = [None; 7];
+    let mut folds = Vec::new();
+    for (site, slots, producer) in GROUPS {
+        let Some(ts) = slots.iter().map(|&s| target_at(s)).collect::<Option<Vec<&Target>>>() else {
+            continue;
+        };
+        let k = dims[slots[0]].1;
+        if let Producer::Linear(p) = producer {
+            // Folding into a producer's rows needs one producer row per input channel.
+            if dims[p].0 != k {
+                continue;
+            }
+        }
+        let st = stats.get(site, bi)?;
+        let gram = st.gram().map_err(layer_err(&ts[0].name))?;
+        let am = st.abs_mean().map_err(layer_err(&ts[0].name))?;
+        let linears: Vec<(&[f32], usize)> =
+            slots.iter().map(|&s| (orig[s].as_slice(), dims[s].0)).collect();
+        let found = search_scales(&linears, k, &gram, &am, &cfg_of(ts[0]))
+            .map_err(layer_err(&ts[0].name))?;
+        for &s in slots {
+            col_scale[s] = Some(found.scales.clone());
+            alpha[s] = Some(found.alpha);
+        }
+        if let Producer::Linear(p) = producer {
+            row_scale[p] = Some(found.scales.clone());
+        }
+        folds.push((producer, found.scales));
+    }
+
+    // 2. Fold: weights ×s by column, producers ÷s.
+    for (slot, s) in col_scale.iter().enumerate() {
+        if let Some(s) = s {
+            let lin = linear_mut(block, slot);
+            for row in lin.weight.data.chunks_exact_mut(s.len()) {
+                for (w, &f) in row.iter_mut().zip(s) {
+                    *w *= f;
+                }
+            }
+        }
+    }
+    let mut changed_floats: Vec<(String, Vec<f32>)> = Vec::new();
+    for (producer, s) in &folds {
+        match *producer {
+            Producer::InputNorm => {
+                block.input_norm.iter_mut().zip(s).for_each(|(w, f)| *w /= f);
+                changed_floats.push((
+                    format!("model.layers.{bi}.input_layernorm.weight"),
+                    block.input_norm.clone(),
+                ));
+            }
+            Producer::PostNorm => {
+                block.post_attn_norm.iter_mut().zip(s).for_each(|(w, f)| *w /= f);
+                changed_floats.push((
+                    format!("model.layers.{bi}.post_attention_layernorm.weight"),
+                    block.post_attn_norm.clone(),
+                ));
+            }
+            Producer::Linear(p) => {
+                let lin = linear_mut(block, p);
+                let k = lin.weight.cols;
+                for (row, f) in lin.weight.data.chunks_exact_mut(k).zip(s) {
+                    row.iter_mut().for_each(|w| *w /= f);
+                }
+                if let Some(b) = &mut lin.bias {
+                    b.iter_mut().zip(s).for_each(|(w, f)| *w /= f);
+                    changed_floats
+                        .push((format!("model.layers.{bi}.{}.bias", NAMES[p]), b.clone()));
+                }
+                if target_at(p).is_none() {
+                    // An unquantized producer is written as rescaled floats.
+                    changed_floats.push((
+                        format!("model.layers.{bi}.{}.weight", NAMES[p]),
+                        lin.weight.data.clone(),
+                    ));
+                }
+            }
+        }
+    }
+
+    // 3. Clip (not q/k) and round to nearest, on the scaled weights.
+    let mut logs = Vec::new();
+    for t in targets {
+        let (n, k) = dims[t.slot];
+        let cfg = cfg_of(t);
+        let st = stats.get(t.site, bi)?;
+        let gram = st.gram().map_err(layer_err(&t.name))?;
+        let lin = linear_mut(block, t.slot);
+        let w = if t.slot >= 2 {
+            let g = match &col_scale[t.slot] {
+                Some(s) => scale_gram(&gram, k, s),
+                None => gram,
+            };
+            clip_search(&lin.weight.data, n, k, &g, &cfg).map_err(layer_err(&t.name))?.w
+        } else {
+            lin.weight.data.clone()
+        };
+        let int_err = |source| PipelineError::Int { layer: t.name.clone(), source };
+        let q = quantize_for_storage(&w, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
+        let deq = dequantize(&q).map_err(int_err)?;
+        store.put_quantized(&t.name, &q)?;
+
+        // The log compares in the original space: diag(row)·Ŵ·diag(1/col) against W.
+        let mut eff = deq.clone();
+        for (r, row) in eff.chunks_exact_mut(k).enumerate() {
+            let rf = row_scale[t.slot].as_ref().map_or(1.0, |s| s[r]);
+            for (c, v) in row.iter_mut().enumerate() {
+                let cf = col_scale[t.slot].as_ref().map_or(1.0, |s| s[c]);
+                *v = *v * rf / cf;
+            }
+        }
+        let held_gram = held.get(t.site, bi)?.gram().map_err(layer_err(&t.name))?;
+        let w0 = &orig[t.slot];
+        let rtn =
+            quantize_for_storage(w0, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
+        let rtn_error = output_error(w0, &dequantize(&rtn).map_err(int_err)?, n, k, &held_gram)
+            .map_err(layer_err(&t.name))?;
+        let error = output_error(w0, &eff, n, k, &held_gram).map_err(layer_err(&t.name))?;
+        lin.weight.data = deq;
+        logs.push(LayerLog {
+            name: t.name.clone(),
+            block: bi,
+            shape: [n, k],
+            rtn_error,
+            error,
+            damp: None,
+            alpha: alpha[t.slot],
+            fallback: None,
+        });
+    }
+    for (name, v) in changed_floats {
+        store.put_float(&name, &v)?;
+    }
+    Ok(logs)
+}

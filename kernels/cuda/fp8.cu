@@ -1,0 +1,163 @@
+// FP8 GEMM support kernels: activation quantization to E4M3 (per tensor, static or dynamic
+// absmax/448; per 1x128 group for block scaling), the per-channel post-scale used when cuBLASLt
+// has no vector-scale algorithm, and qtool's own block-scaled (128x128 weight blocks, 1x128
+// activation groups) FP8 GEMM.
+#include "qtool_common.cuh"
+
+using namespace qtool;
+
+// Smallest dynamic scale: keeps an all-zero activation from producing 0/0.
+#define MIN_DYN_SCALE (1.0f / (448.0f * 512.0f))
+
+__device__ __forceinline__ u8 to_e4m3(float v) {
+    return (u8)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+// max |x| over bf16 x, as float bits in *amax_bits (pre-zeroed). Non-negative floats order like
+// their bit patterns, so an integer atomicMax is exact and order-independent.
+extern "C" __global__ void absmax_bf16(const u16* x, unsigned long long len, u32* amax_bits) {
+    float m = 0.0f;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long len8 = len / 8;
+    const uint4* x8 = reinterpret_cast<const uint4*>(x);
+    for (unsigned long long v = i; v < len8; v += stride) {
+        uint4 u = __ldg(x8 + v);
+        u32 w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            m = fmaxf(m, fabsf(bf16_bits_to_f32((u16)(w[j] & 0xFFFF))));
+            m = fmaxf(m, fabsf(bf16_bits_to_f32((u16)(w[j] >> 16))));
+        }
+    }
+    for (unsigned long long t = len8 * 8 + i; t < len; t += stride) m = fmaxf(m, fabsf(bf16_bits_to_f32(x[t])));
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) atomicMax(amax_bits, __float_as_uint(m));
+}
+
+// xq = sat_e4m3(x / scale), scale = amax/448 (dynamic, amax_bits != 0) or static_scale;
+// the scale used is written to *scale_out for cuBLASLt's B scale pointer. x must be 16-byte
+// aligned (a fresh allocation).
+extern "C" __global__ void quant_e4m3_tensor(const u16* x, unsigned long long len, const u32* amax_bits,
+                                             float static_scale, float* scale_out, u8* xq) {
+    const float scale = amax_bits ? fmaxf(__uint_as_float(*amax_bits) / 448.0f, MIN_DYN_SCALE) : static_scale;
+    const unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i == 0) *scale_out = scale;
+    const unsigned long long len8 = len / 8;
+    if (i < len8) {
+        uint4 u = __ldg(reinterpret_cast<const uint4*>(x) + i);
+        u32 w[4] = {u.x, u.y, u.z, u.w};
+        u32 lo = 0, hi = 0;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            lo |= (u32)to_e4m3(bf16_bits_to_f32((u16)(w[j] & 0xFFFF)) / scale) << (16 * j);
+            lo |= (u32)to_e4m3(bf16_bits_to_f32((u16)(w[j] >> 16)) / scale) << (16 * j + 8);
+            hi |= (u32)to_e4m3(bf16_bits_to_f32((u16)(w[j + 2] & 0xFFFF)) / scale) << (16 * j);
+            hi |= (u32)to_e4m3(bf16_bits_to_f32((u16)(w[j + 2] >> 16)) / scale) << (16 * j + 8);
+        }
+        reinterpret_cast<uint2*>(xq)[i] = make_uint2(lo, hi);
+    }
+    // Tail (len % 8 elements) by the first threads.
+    const unsigned long long t = len8 * 8 + i;
+    if (t < len) xq[t] = to_e4m3(bf16_bits_to_f32(x[t]) / scale);
+}
+
+// Per 1x128 group: xs[r, kb] = max(amax, 1e-10) / 448, xq = sat_e4m3(x / xs). One warp per
+// group, 4 elements per lane.
+extern "C" __global__ void quant_e4m3_group128(const u16* x, int m, int k, u8* xq, float* xs) {
+    const int kb_count = (k + 127) / 128;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (warp >= (long long)m * kb_count) return;
+    const int r = (int)(warp / kb_count), kb = (int)(warp % kb_count);
+    float v[4];
+    float a = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int c = kb * 128 + j * 32 + lane;
+        v[j] = c < k ? bf16_bits_to_f32(x[(size_t)r * k + c]) : 0.0f;
+        a = fmaxf(a, fabsf(v[j]));
+    }
+    a = warp_max(a);
+    const float s = fmaxf(a, 1e-10f) / 448.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int c = kb * 128 + j * 32 + lane;
+        if (c < k) xq[(size_t)r * k + c] = to_e4m3(v[j] / s);
+    }
+    if (lane == 0) xs[(size_t)r * kb_count + kb] = s;
+}
+
+// out[r, c] *= s[c] (per-output-channel weight scales applied after an unscaled FP8 GEMM).
+extern "C" __global__ void scale_cols(float* out, int m, int n, const float* s) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)m * n) out[i] *= s[i % n];
+}
+
+// Block-scaled FP8 GEMM: out[m, n] = sum_kb (sum_{k in kb} xq[m,k] wq[n,k]) * xs[m,kb] * ws[n/128, kb].
+// 64x64 output tile per block of 256 threads (4x4 per thread), k-steps of one 128-wide scale
+// block. FP8 values are exact in f16, so tiles are staged as f16 in shared memory and
+// multiplied in f32 on CUDA cores. w_e5m2 selects the weight format (activations are E4M3).
+#define BB_M 64
+#define BB_N 64
+#define BB_K 128
+extern "C" __global__ void __launch_bounds__(256) fp8_block_gemm(
+    const u8* xq, const float* xs, const u8* wq, int w_e5m2, const float* ws, int m, int n, int k, float* out) {
+    __shared__ __half sa[BB_M][BB_K + 8];
+    __shared__ __half sb[BB_N][BB_K + 8];
+    const int kb_count = (k + BB_K - 1) / BB_K;
+    const int row0 = blockIdx.y * BB_M, col0 = blockIdx.x * BB_N;
+    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+    float acc[4][4] = {};
+    for (int kb = 0; kb < kb_count; ++kb) {
+        // Stage 64x128 of x and w (each thread 32 elements of each).
+        for (int e = tid; e < BB_M * BB_K; e += 256) {
+            const int r = e / BB_K, c = e % BB_K, kk = kb * BB_K + c;
+            const int gr = row0 + r, gc = col0 + r;
+            const float xa = (gr < m && kk < k) ? e4m3_to_f32(xq[(size_t)gr * k + kk]) : 0.0f;
+            float wb = 0.0f;
+            if (gc < n && kk < k) {
+                const u8 b = wq[(size_t)gc * k + kk];
+                wb = w_e5m2 ? e5m2_to_f32(b) : e4m3_to_f32(b);
+            }
+            sa[r][c] = __float2half_rn(xa);
+            sb[r][c] = __float2half_rn(wb);
+        }
+        __syncthreads();
+        float part[4][4] = {};
+#pragma unroll 4
+        for (int c = 0; c < BB_K; ++c) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = __half2float(sa[ty * 4 + i][c]);
+                b[i] = __half2float(sb[tx + 16 * i][c]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) part[i][j] = fmaf(a[i], b[j], part[i][j]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int gr = row0 + ty * 4 + i;
+            const float sx = gr < m ? xs[(size_t)gr * kb_count + kb] : 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int gc = col0 + tx + 16 * j;
+                const float sw = gc < n ? ws[(size_t)(gc / 128) * kb_count + kb] : 0.0f;
+                acc[i][j] += part[i][j] * (sx * sw);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int gr = row0 + ty * 4 + i;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int gc = col0 + tx + 16 * j;
+            if (gr < m && gc < n) out[(size_t)gr * n + gc] = acc[i][j];
+        }
+    }
+}

@@ -1,0 +1,405 @@
+// Marlin-layout W4A16 GEMM: C[m, n] (f32) = A[m, k] (f16, row-major) · Wᵀ, where W[n, k] is
+// symmetric 4-bit with f16 group scales, stored exactly as `qtool repack --target marlin` writes
+// it (formats.md §4.2–§4.3, quantizers/src/int/marlin.rs):
+//   B[k/16][2n] int32: per 16-row k-tile, 1024-entry chunks (16 k × 64 n), each chunk = 32 int4,
+//   one per lane; word w of lane l holds the mma.m16n8k16 B fragments of n16-tile w, with the
+//   nibble order [0,2,4,6,1,3,5,7] that lets two `lop3`s extract two fp16 pairs at once.
+//   S[G][n] f16: grouped → each 64-chunk is 8×8 transposed, so lane l's 8 scales (columns
+//   l/4 + 8j) are 16 contiguous bytes; per-channel → 32-chunks so that lane l's output columns
+//   2(l%4) + {0,1} + 8j are 16 contiguous bytes per 32-chunk.
+//
+// Why the design looks like this (Marlin paper, Frantar et al. 2024):
+// - small m is bound by streaming the int4 weights, so the weights go global → shared with
+//   `cp.async` through a STAGES-deep pipeline, and from shared to registers as one 16-byte load
+//   per lane per 16×64 block, already in fragment order (no shuffles, no ldmatrix for B);
+// - the k × n tile space is cut into equal contiguous "stripes" (k fastest), one per CTA, so even
+//   m = 1 fills every SM; a column of tiles shared by several CTAs is reduced in a fixed order
+//   (highest CTA first, guarded by a per-column lock that the last writer resets to 0), which
+//   keeps the result deterministic and needs no extra launch;
+// - inside a CTA the 8 warps split a tile along k (and along n in 64-column chunks) and reduce
+//   through shared memory at the end of each stripe segment.
+// No headers: everything below is plain C++ and inline PTX, so NVRTC needs no include path.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+namespace {
+
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / 32;
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16-byte async copy; `valid == false` zero-fills the destination without reading `src`.
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// (a & b) | c in one instruction.
+__device__ __forceinline__ u32 and_or(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 d;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 d;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
+__device__ __forceinline__ float half_to_float(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// One Marlin word → the four f16x2 B-fragment registers it holds, as signed values q − 8:
+// f[0], f[1] = regs {b0b1, b2b3} of the first n8 subtile, f[2], f[3] of the second.
+// OR-ing a nibble into the mantissa of 1024.0 (0x6400) gives 1024 + q exactly; a nibble at bits
+// 4..7 gives 1024 + 16q, undone by one fma with 1/16 and −(64 + 8).
+__device__ __forceinline__ void dequant_word(u32 q, u32 (&f)[4]) {
+    const u32 LO = 0x000f000fu, HI = 0x00f000f0u, EXP = 0x64006400u;
+    const u32 SUB = 0x64086408u;  // 1032.0 twice
+    const u32 MUL = 0x2c002c00u;  // 1/16 twice
+    const u32 ADD = 0xd480d480u;  // -72.0 twice
+    u32 lo0 = and_or(q, LO, EXP);
+    u32 hi0 = and_or(q, HI, EXP);
+    u32 q8 = q >> 8;
+    u32 lo1 = and_or(q8, LO, EXP);
+    u32 hi1 = and_or(q8, HI, EXP);
+    f[0] = hsub2(lo0, SUB);
+    f[1] = hfma2(hi0, MUL, ADD);
+    f[2] = hsub2(lo1, SUB);
+    f[3] = hfma2(hi1, MUL, ADD);
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release(int* p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ float2 ld_cg_f2(const float* p) {
+    float2 v;
+    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_cg_f2(float* p, float2 v) {
+    asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(v.x), "f"(v.y) : "memory");
+}
+
+// MB: m16 tiles per CTA (rows 16·MB per pass over the weights); NCH: 64-column chunks per tile;
+// KT: k16 tiles per tile (= per pipeline stage); STAGES: pipeline depth.
+// Shared memory (bytes) must match `marlin_smem_bytes` on the host:
+//   STAGES · (16·MB·16·KT·2 + KT·NCH·512 + (KT/2)·64·NCH·2) + (8/NCH > 1 ? NCH·MB·32·32·4 : 0)
+template <int MB, int NCH, int KT, int STAGES>
+__device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const int4* __restrict__ B,
+                                             const u16* __restrict__ S, float* __restrict__ C,
+                                             int* __restrict__ locks, int m, int n, int k,
+                                             int group, int iters) {
+    constexpr int TN = 64 * NCH;
+    constexpr int TK = 16 * KT;
+    constexpr int KW = WARPS / NCH;  // warps splitting one tile along k
+    constexpr int KPW = KT / KW;     // k16 tiles per warp per stage
+    static_assert(WARPS % NCH == 0 && KT % KW == 0, "warp split");
+    static_assert(TK >= 64, "A swizzle needs at least 8 16-byte chunks per row");
+    constexpr int CPR = TK / 8;  // 16-byte chunks per A row
+    constexpr int A_BYTES = MB * 16 * TK * 2;
+    constexpr int B_BYTES = KT * NCH * 512;
+    constexpr int S_ROWS = TK / 32;  // scale rows one stage can touch (group ≥ 32)
+    constexpr int S_BYTES = S_ROWS * TN * 2;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES + S_BYTES;
+    constexpr int ACC = MB * 8 * 4;  // accumulator floats per thread
+
+    extern __shared__ int4 smem_i4[];
+    char* smem = reinterpret_cast<char*>(smem_i4);
+    float* red = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES);
+
+    const int k_tiles = k / TK;
+    const int n_tiles = n / TN;
+    const int m_copies = (m + 16 * MB - 1) / (16 * MB);
+    const int total = m_copies * n_tiles * k_tiles;
+    const int u_begin = blockIdx.x * iters;
+    const int u_end = min(u_begin + iters, total);
+    if (u_begin >= u_end) return;
+
+    const int tid = threadIdx.x;
+    const int warp = tid / 32, lane = tid % 32;
+    const int ch = warp % NCH, kw = warp / NCH;
+    const bool grouped = group > 0;
+    const int b_row_int4 = n / 2;  // 2n words per k16 row
+
+    auto load_stage = [&](int u, int st) {
+        const int colp = u / k_tiles, kt = u % k_tiles;
+        const int p = colp / n_tiles, nt = colp % n_tiles;
+        char* sa = smem + st * STAGE_BYTES;
+        char* sb = sa + A_BYTES;
+        char* ss = sb + B_BYTES;
+        const int row0 = p * MB * 16, k0 = kt * TK;
+#pragma unroll
+        for (int i = tid; i < MB * 16 * CPR; i += THREADS) {
+            const int r = i / CPR, c = i % CPR;
+            const int row = row0 + r;
+            const bool v = row < m;
+            const u16* src = A + (size_t)(v ? row : 0) * k + k0 + c * 8;
+            cp_async16(smem_addr(sa + r * TK * 2 + ((c ^ (r & 7)) * 16)), src, v);
+        }
+#pragma unroll
+        for (int i = tid; i < KT * NCH * 32; i += THREADS) {
+            const int kk = i / (NCH * 32), rest = i % (NCH * 32);
+            const int4* src = B + (size_t)(kt * KT + kk) * b_row_int4 + nt * NCH * 32 + rest;
+            cp_async16(smem_addr(sb + i * 16), src, true);
+        }
+        if (grouped) {
+            const int rows = TK > group ? TK / group : 1;
+            const int g0 = k0 / group;
+            for (int i = tid; i < rows * (TN / 8); i += THREADS) {
+                const int r = i / (TN / 8), c = i % (TN / 8);
+                const u16* src = S + (size_t)(g0 + r) * n + nt * TN + c * 8;
+                cp_async16(smem_addr(ss + i * 16), src, true);
+            }
+        }
+    };
+
+    float acc[MB][8][4];
+#pragma unroll
+    for (int a = 0; a < MB; a++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[a][j][e] = 0.0f;
+
+    auto compute_stage = [&](int st, int u) {
+        const char* sa = smem + st * STAGE_BYTES;
+        const char* sb = sa + A_BYTES;
+        const char* ss = sb + B_BYTES;
+        const int k0 = (u % k_tiles) * TK;
+#pragma unroll
+        for (int j = 0; j < KPW; j++) {
+            const int kk = kw * KPW + j;
+            const int4 bq = *reinterpret_cast<const int4*>(sb + ((kk * NCH + ch) * 32 + lane) * 16);
+            int4 sv = make_int4(0, 0, 0, 0);
+            if (grouped) {
+                const int srow = (k0 + kk * 16) / group - k0 / group;
+                sv = *reinterpret_cast<const int4*>(ss + (srow * TN + ch * 64 + 8 * (lane / 4)) * 2);
+            }
+            u32 a[MB][4];
+#pragma unroll
+            for (int mb = 0; mb < MB; mb++) {
+                const int row = mb * 16 + (lane % 8) + 8 * ((lane / 8) & 1);
+                const int chunk = kk * 2 + lane / 16;
+                ldmatrix_x4(a[mb], smem_addr(sa + row * TK * 2 + ((chunk ^ (row & 7)) * 16)));
+            }
+            const u32 words[4] = {(u32)bq.x, (u32)bq.y, (u32)bq.z, (u32)bq.w};
+            const u32 svw[4] = {(u32)sv.x, (u32)sv.y, (u32)sv.z, (u32)sv.w};
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                u32 f[4];
+                dequant_word(words[w], f);
+                if (grouped) {
+                    const u32 s0 = __byte_perm(svw[w], 0, 0x1010);  // scale of subtile 2w, twice
+                    const u32 s1 = __byte_perm(svw[w], 0, 0x3232);  // scale of subtile 2w+1
+                    f[0] = hmul2(f[0], s0);
+                    f[1] = hmul2(f[1], s0);
+                    f[2] = hmul2(f[2], s1);
+                    f[3] = hmul2(f[3], s1);
+                }
+#pragma unroll
+                for (int mb = 0; mb < MB; mb++) {
+                    mma_16816(acc[mb][2 * w], a[mb], f[0], f[1]);
+                    mma_16816(acc[mb][2 * w + 1], a[mb], f[2], f[3]);
+                }
+            }
+        }
+    };
+
+    // End of a stripe segment over tile column `colp`: reduce the k-warps, then add into C in
+    // the column's fixed CTA order.
+    auto finish_slice = [&](int colp) {
+        const int p = colp / n_tiles, nt = colp % n_tiles;
+        if (KW > 1) {
+            float* buf = red + ch * (ACC * 32);
+#pragma unroll 1
+            for (int r = KW - 1; r > 0; r--) {
+                if (kw == r) {
+#pragma unroll
+                    for (int a = 0; a < MB; a++)
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+#pragma unroll
+                            for (int e = 0; e < 4; e++) {
+                                const int idx = ((a * 8 + j) * 4 + e) * 32 + lane;
+                                float v = acc[a][j][e];
+                                if (r != KW - 1) v += buf[idx];
+                                buf[idx] = v;
+                            }
+                }
+                __syncthreads();
+            }
+            if (kw == 0) {
+#pragma unroll
+                for (int a = 0; a < MB; a++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            acc[a][j][e] += buf[((a * 8 + j) * 4 + e) * 32 + lane];
+            }
+        }
+        const int b_first = (colp * k_tiles) / iters;
+        const int b_last = ((colp + 1) * k_tiles - 1) / iters;
+        const int slice_count = b_last - b_first + 1;
+        const int slice_idx = b_last - (int)blockIdx.x;
+        if (slice_count > 1) {
+            if (tid == 0) {
+                while (ld_acquire(&locks[colp]) != slice_idx) {
+                }
+            }
+            __syncthreads();
+        }
+        if (kw == 0) {
+            float scl[8][2];
+            if (!grouped) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int4 v = *reinterpret_cast<const int4*>(
+                        S + nt * TN + ch * 64 + 32 * h + 8 * (lane % 4));
+                    const u32 vw[4] = {(u32)v.x, (u32)v.y, (u32)v.z, (u32)v.w};
+#pragma unroll
+                    for (int jj = 0; jj < 4; jj++) {
+                        scl[4 * h + jj][0] = half_to_float((u16)(vw[jj] & 0xffff));
+                        scl[4 * h + jj][1] = half_to_float((u16)(vw[jj] >> 16));
+                    }
+                }
+            }
+#pragma unroll
+            for (int a = 0; a < MB; a++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int row = p * MB * 16 + a * 16 + lane / 4 + 8 * hh;
+                    if (row < m) {
+#pragma unroll
+                        for (int j = 0; j < 8; j++) {
+                            const int col = nt * TN + ch * 64 + 8 * j + 2 * (lane % 4);
+                            float* dst = C + (size_t)row * n + col;
+                            float2 v = make_float2(acc[a][j][2 * hh], acc[a][j][2 * hh + 1]);
+                            if (!grouped) {
+                                v.x *= scl[j][0];
+                                v.y *= scl[j][1];
+                            }
+                            if (slice_idx > 0) {
+                                const float2 o = ld_cg_f2(dst);
+                                v.x += o.x;
+                                v.y += o.y;
+                            }
+                            st_cg_f2(dst, v);
+                        }
+                    }
+                }
+        }
+        if (slice_count > 1) {
+            __threadfence();
+            __syncthreads();
+            if (tid == 0) st_release(&locks[colp], slice_idx == slice_count - 1 ? 0 : slice_idx + 1);
+        }
+#pragma unroll
+        for (int a = 0; a < MB; a++)
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[a][j][e] = 0.0f;
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (u_begin + s < u_end) load_stage(u_begin + s, s);
+        cp_async_commit();
+    }
+    int st = 0;
+#pragma unroll 1
+    for (int u = u_begin; u < u_end; u++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int un = u + STAGES - 1;
+        if (un < u_end) load_stage(un, (st + STAGES - 1) % STAGES);
+        cp_async_commit();
+        compute_stage(st, u);
+        st = (st + 1 == STAGES) ? 0 : st + 1;
+        if (u + 1 == u_end || (u + 1) % k_tiles == 0) finish_slice(u / k_tiles);
+    }
+}
+
+}  // namespace
+
+// One entry point per configuration; the host picks by name (kernels/src/marlin.rs).
+#define MARLIN_ENTRY(MB, NCH, KT, ST)                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                     \
+        marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST(                                             \
+            const u16* __restrict__ A, const int4* __restrict__ B, const u16* __restrict__ S,    \
+            float* __restrict__ C, int* __restrict__ locks, int m, int n, int k, int group,      \
+            int iters) {                                                                         \
+        marlin_w4a16<MB, NCH, KT, ST>(A, B, S, C, locks, m, n, k, group, iters);                \
+    }
+
+#define MARLIN_ENTRY_MB(NCH, KT, ST) \
+    MARLIN_ENTRY(1, NCH, KT, ST)     \
+    MARLIN_ENTRY(2, NCH, KT, ST)     \
+    MARLIN_ENTRY(3, NCH, KT, ST)     \
+    MARLIN_ENTRY(4, NCH, KT, ST)
+
+// 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 and 256×64 tiles (2 k-warps × 4 n-chunks),
+// and 64×128 tiles (8 k-warps) for n not divisible by 128.
+MARLIN_ENTRY_MB(2, 8, 4)
+MARLIN_ENTRY_MB(2, 8, 6)
+MARLIN_ENTRY_MB(2, 8, 8)
+MARLIN_ENTRY_MB(4, 8, 3)
+MARLIN_ENTRY_MB(4, 8, 4)
+MARLIN_ENTRY_MB(4, 8, 6)
+MARLIN_ENTRY_MB(4, 4, 4)
+MARLIN_ENTRY_MB(4, 4, 6)
+MARLIN_ENTRY_MB(1, 8, 4)

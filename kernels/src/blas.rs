@@ -1,0 +1,330 @@
+//! cuBLAS and cuBLASLt calls: the BF16 baseline GEMM and the FP8 scaled GEMM.
+//!
+//! Every GEMM here computes qtool's layer product `out[m, n] = x[m, k] · W[n, k]ᵀ` with all
+//! matrices row-major. In cuBLAS's column-major terms that is `outᵀ[n, m] = W · xᵀ`: A is W seen
+//! as a column-major `k × n` matrix (lda = k) used transposed, B is x seen as column-major
+//! `k × m` (ldb = k), D is column-major `n × m` (ldd = n), i.e. the row-major `[m, n]` result.
+//! This is also the "TN" form cuBLASLt requires for FP8 operands.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::sys as cb;
+use cudarc::cublaslt::sys as lt;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use crate::error::{KResult, KernelError};
+use crate::gpu::Gpu;
+
+/// cuBLASLt's recommended workspace on Hopper.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// The cuBLAS and cuBLASLt handles of one [`Gpu`], plus the cuBLASLt workspace.
+pub(crate) struct Blas {
+    blas: cudarc::cublas::CudaBlas,
+    lt: lt::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+}
+
+// SAFETY: the handles are only used from calls that take `&Gpu`, on its single stream; cuBLAS
+// handles may be shared across threads as long as calls are not concurrent on one stream, which
+// `Gpu`'s users serialize (one operation at a time per GPU).
+unsafe impl Send for Blas {}
+// SAFETY: as above.
+unsafe impl Sync for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by cublasLtCreate and is destroyed once.
+        let _ = unsafe { cudarc::cublaslt::result::destroy_handle(self.lt) };
+    }
+}
+
+impl Blas {
+    /// Creates both handles after checking their libraries load (cudarc panics otherwise).
+    pub(crate) fn new(gpu: &Gpu) -> Result<Blas, String> {
+        crate::libs::cublas_libraries()?;
+        let blas = cudarc::cublas::CudaBlas::new(gpu.stream.clone()).map_err(|e| format!("cublasCreate: {e:?}"))?;
+        let lt = cudarc::cublaslt::result::create_handle().map_err(|e| format!("cublasLtCreate: {e:?}"))?;
+        let workspace = gpu
+            .stream
+            .alloc_zeros::<u8>(WORKSPACE_BYTES)
+            .map_err(|e| format!("cuBLASLt workspace: {e}"))?;
+        Ok(Blas { blas, lt, workspace })
+    }
+}
+
+/// Element type of a GEMM operand or result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ElemType {
+    Bf16,
+    F16,
+    F32,
+    E4M3,
+    E5M2,
+}
+
+impl ElemType {
+    fn cuda(self) -> cb::cudaDataType {
+        match self {
+            ElemType::Bf16 => cb::cudaDataType::CUDA_R_16BF,
+            ElemType::F16 => cb::cudaDataType::CUDA_R_16F,
+            ElemType::F32 => cb::cudaDataType::CUDA_R_32F,
+            ElemType::E4M3 => cb::cudaDataType::CUDA_R_8F_E4M3,
+            ElemType::E5M2 => cb::cudaDataType::CUDA_R_8F_E5M2,
+        }
+    }
+    fn lt(self) -> lt::cudaDataType {
+        match self {
+            ElemType::Bf16 => lt::cudaDataType::CUDA_R_16BF,
+            ElemType::F16 => lt::cudaDataType::CUDA_R_16F,
+            ElemType::F32 => lt::cudaDataType::CUDA_R_32F,
+            ElemType::E4M3 => lt::cudaDataType::CUDA_R_8F_E4M3,
+            ElemType::E5M2 => lt::cudaDataType::CUDA_R_8F_E5M2,
+        }
+    }
+}
+
+fn dim(v: usize, what: &str) -> KResult<i32> {
+    i32::try_from(v).map_err(|_| KernelError::Shape(format!("{what} = {v} exceeds cuBLAS's 32-bit dimensions")))
+}
+
+/// cuBLAS `GemmEx`: `out[m, n] = x[m, k] · w[n, k]ᵀ` with 16-bit inputs of type `in_ty` (BF16
+/// or F16), FP32 accumulation and `out_ty` (BF16, F16 or F32) output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_16<O>(
+    gpu: &Gpu,
+    x: &CudaSlice<u16>,
+    w: &CudaSlice<u16>,
+    in_ty: ElemType,
+    out: &mut CudaSlice<O>,
+    out_ty: ElemType,
+    (m, n, k): (usize, usize, usize),
+) -> KResult<()> {
+    let blas = gpu.blas()?;
+    let (mi, ni, ki) = (dim(m, "m")?, dim(n, "n")?, dim(k, "k")?);
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let stream = gpu.stream();
+    let (xp, _gx) = x.device_ptr(stream);
+    let (wp, _gw) = w.device_ptr(stream);
+    let (op, _go) = out.device_ptr_mut(stream);
+    // SAFETY: the buffers hold m·k, n·k and m·n elements of the stated types (checked by the
+    // callers), the handle is bound to this stream, and alpha/beta are host f32 as the default
+    // pointer mode and compute type 32F expect.
+    let status = unsafe {
+        cb::cublasGemmEx(
+            *blas.blas.handle(),
+            cb::cublasOperation_t::CUBLAS_OP_T,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            mi,
+            ki,
+            &alpha as *const f32 as *const c_void,
+            wp as *const c_void,
+            in_ty.cuda(),
+            ki,
+            xp as *const c_void,
+            in_ty.cuda(),
+            ki,
+            &beta as *const f32 as *const c_void,
+            op as *mut c_void,
+            out_ty.cuda(),
+            ni,
+            cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    if status != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(KernelError::Blas(format!("cublasGemmEx ({in_ty:?}, m={m} n={n} k={k}): {status:?}")));
+    }
+    Ok(())
+}
+
+/// How cuBLASLt applies the weight (A) scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LtScale {
+    /// One f32 for the whole matrix.
+    Scalar,
+    /// One f32 per output channel (`OUTER_VEC_32F`, cuBLAS 12.9+).
+    OuterVec,
+}
+
+/// A prepared cuBLASLt FP8 matmul: descriptors plus the chosen algorithm. Reused across the
+/// timed repetitions so only `cublasLtMatmul` itself is timed.
+pub(crate) struct LtPlan {
+    blas: Arc<Blas>,
+    desc: lt::cublasLtMatmulDesc_t,
+    a: lt::cublasLtMatrixLayout_t,
+    b: lt::cublasLtMatrixLayout_t,
+    d: lt::cublasLtMatrixLayout_t,
+    algo: lt::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: each descriptor was created by this plan and is destroyed once.
+        unsafe {
+            let _ = cudarc::cublaslt::result::destroy_matrix_layout(self.a);
+            let _ = cudarc::cublaslt::result::destroy_matrix_layout(self.b);
+            let _ = cudarc::cublaslt::result::destroy_matrix_layout(self.d);
+            let _ = cudarc::cublaslt::result::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+fn lt_err(what: &str) -> impl Fn(cudarc::cublaslt::result::CublasError) -> KernelError + '_ {
+    move |e| KernelError::Blas(format!("{what}: {e:?}"))
+}
+
+/// # Safety
+/// `value` must be the attribute's documented type.
+unsafe fn set_desc<T>(desc: lt::cublasLtMatmulDesc_t, attr: lt::cublasLtMatmulDescAttributes_t, value: &T) -> KResult<()> {
+    // SAFETY: per the function contract; `value` is live for the call.
+    unsafe {
+        cudarc::cublaslt::result::set_matmul_desc_attribute(
+            desc,
+            attr,
+            value as *const T as *const c_void,
+            std::mem::size_of::<T>(),
+        )
+    }
+    .map_err(lt_err("cublasLtMatmulDescSetAttribute"))
+}
+
+impl LtPlan {
+    /// Plans `out[m, n] (out_ty) = (a_scale ⊙ W[n, k]) · (b_scale · x[m, k])ᵀ` with FP8 operands.
+    /// `a_scale`/`b_scale` are device pointers to f32 (a vector of n for [`LtScale::OuterVec`]).
+    /// Fails with [`KernelError::Blas`] when cuBLASLt has no algorithm for the combination.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fp8(
+        gpu: &Gpu,
+        w_ty: ElemType,
+        x_ty: ElemType,
+        out_ty: ElemType,
+        a_mode: LtScale,
+        a_scale: u64,
+        b_scale: u64,
+        (m, n, k): (usize, usize, usize),
+    ) -> KResult<LtPlan> {
+        let blas = gpu.blas()?;
+        let desc = cudarc::cublaslt::result::create_matmul_desc(
+            lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lt::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(lt_err("cublasLtMatmulDescCreate"))?;
+        let layout = |ty: ElemType, rows: usize, cols: usize, ld: usize| {
+            cudarc::cublaslt::result::create_matrix_layout(ty.lt(), rows as u64, cols as u64, ld as i64)
+                .map_err(lt_err("cublasLtMatrixLayoutCreate"))
+        };
+        // Build the plan first so Drop cleans up whatever was created if a later step fails.
+        let a = layout(w_ty, k, n, k);
+        let b = layout(x_ty, k, m, k);
+        let d = layout(out_ty, n, m, n);
+        let (a, b, d) = match (a, b, d) {
+            (Ok(a), Ok(b), Ok(d)) => (a, b, d),
+            (a, b, d) => {
+                // SAFETY: destroy only what was created; each once.
+                unsafe {
+                    for l in [a.as_ref().ok(), b.as_ref().ok(), d.as_ref().ok()].into_iter().flatten() {
+                        let _ = cudarc::cublaslt::result::destroy_matrix_layout(*l);
+                    }
+                    let _ = cudarc::cublaslt::result::destroy_matmul_desc(desc);
+                }
+                return Err(a.err().or(b.err()).or(d.err()).expect("one failed"));
+            }
+        };
+        let mut plan = LtPlan {
+            blas: blas.clone(),
+            desc,
+            a,
+            b,
+            d,
+            // SAFETY: an all-zero algo is a valid placeholder; it is overwritten below before use.
+            algo: unsafe { std::mem::zeroed() },
+        };
+        use lt::cublasLtMatmulDescAttributes_t as A;
+        // SAFETY: each value has the type the attribute documents (cublasOperation_t, pointers
+        // as `const void*`, scale modes as int32, fast-accum as int8).
+        unsafe {
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(cb::cublasOperation_t::CUBLAS_OP_T as i32))?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(cb::cublasOperation_t::CUBLAS_OP_N as i32))?;
+            let (ap, bp) = (a_scale as *const c_void, b_scale as *const c_void);
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap)?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &bp)?;
+            if a_mode == LtScale::OuterVec {
+                let mode = lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F as i32;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
+                let scalar = lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F as i32;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &scalar)?;
+            }
+            // Full-precision accumulation (no fast accumulation): the reference is an exact f32 GEMM.
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &0i8)?;
+        }
+        plan.algo = plan.heuristic()?;
+        Ok(plan)
+    }
+
+    fn heuristic(&self) -> KResult<lt::cublasLtMatmulAlgo_t> {
+        let pref = cudarc::cublaslt::result::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
+        let ws = WORKSPACE_BYTES;
+        // SAFETY: the attribute is a size_t; `pref` is destroyed below, once.
+        let res = unsafe {
+            cudarc::cublaslt::result::set_matmul_pref_attribute(
+                pref,
+                lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                std::mem::size_of::<usize>(),
+            )
+            .map_err(lt_err("cublasLtMatmulPreferenceSetAttribute"))
+            .and_then(|_| {
+                cudarc::cublaslt::result::get_matmul_algo_heuristic(
+                    self.blas.lt,
+                    self.desc,
+                    self.a,
+                    self.b,
+                    self.d,
+                    self.d,
+                    pref,
+                )
+                .map_err(lt_err("no cuBLASLt algorithm for this FP8 matmul"))
+            })
+        };
+        // SAFETY: created above.
+        let _ = unsafe { cudarc::cublaslt::result::destroy_matmul_pref(pref) };
+        Ok(res?.algo)
+    }
+
+    /// Runs the planned matmul on `gpu`'s stream.
+    pub(crate) fn run<O>(&self, gpu: &Gpu, w: &CudaSlice<u8>, x: &CudaSlice<u8>, out: &mut CudaSlice<O>) -> KResult<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let stream = gpu.stream();
+        let (wp, _gw) = w.device_ptr(stream);
+        let (xp, _gx) = x.device_ptr(stream);
+        let (op, _go) = out.device_ptr_mut(stream);
+        let (ws, _gws) = self.blas.workspace.device_ptr(stream);
+        // SAFETY: the layouts were built for exactly these buffers' shapes and types by
+        // `LtPlan::fp8`'s callers; alpha/beta are host f32 (default pointer mode); C aliases D
+        // with beta = 0, as cuBLASLt allows.
+        unsafe {
+            cudarc::cublaslt::result::matmul(
+                self.blas.lt,
+                self.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                wp as *const c_void,
+                self.a,
+                xp as *const c_void,
+                self.b,
+                op as *const c_void,
+                self.d,
+                op as *mut c_void,
+                self.d,
+                &self.algo,
+                ws as *mut c_void,
+                WORKSPACE_BYTES,
+                stream.cu_stream() as lt::cudaStream_t,
+            )
+        }
+        .map_err(lt_err("cublasLtMatmul"))
+    }
+}

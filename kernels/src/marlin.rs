@@ -1,0 +1,553 @@
+//! The Marlin W4A16 GEMM (kernels/cuda/marlin.cu) on the exact bytes `qtool repack --target
+//! marlin` writes: `B [k/16, 2n]` int32 and permuted f16 scales `[G, n]` (formats.md §4.2–§4.3,
+//! `qtool_quantizers::int::marlin`). Symmetric 4-bit (codes − 8), group size 32/64/128 or
+//! per-channel; `k % 128 == 0`, `n % 64 == 0` (the shape rules of `marlin_check.rs`).
+//!
+//! Weights and scales are uploaded once ([`MarlinWeights`]) so a benchmark times the kernel
+//! alone; [`Gpu::marlin_w4a16`] is the one-shot form `verify` uses.
+//!
+//! The kernel partitions the tile grid into equal stripes, one per SM, and reduces a tile column
+//! shared by several CTAs in a fixed order through per-column locks (see the .cu header). The
+//! locks live in [`MarlinWorkspace`]; every complete launch leaves them at zero again, so one
+//! zeroed allocation serves any number of launches on the stream.
+
+use cudarc::driver::sys::CUdevice_attribute as DevAttr;
+use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
+use half::f16;
+
+use crate::error::{check_len, KResult, KernelError};
+use crate::gpu::Gpu;
+use crate::launch::{config, launch};
+use crate::nvrtc::KernelSource;
+use crate::ops::GemmRun;
+use crate::timing::median_micros;
+
+/// `kernels/cuda/marlin.cu`.
+pub const MARLIN_SOURCE: KernelSource = crate::kernel_source!("marlin");
+
+/// Threads per CTA (8 warps); fixed by the kernel.
+const THREADS: u32 = 256;
+
+/// Group sizes the kernel reads (per-channel aside), as in vLLM's `MARLIN_SUPPORTED_GROUP_SIZES`.
+pub const MARLIN_GROUP_SIZES: [usize; 3] = [32, 64, 128];
+
+/// One compiled tile configuration of the kernel (`marlin_w4a16_m{M}_n{N}_k{K}_s{S}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MarlinConfig {
+    /// 16-row activation tiles per pass over the weights (1..=4): rows 16·m_blocks per pass.
+    pub m_blocks: usize,
+    /// 64-column chunks per tile: a tile is 64·n_chunks columns wide.
+    pub n_chunks: usize,
+    /// 16-deep k slices per tile: a tile (and pipeline stage) covers 16·k_tiles of k.
+    pub k_tiles: usize,
+    /// cp.async pipeline depth.
+    pub stages: usize,
+}
+
+/// The (n_chunks, k_tiles, stages) shapes instantiated in marlin.cu, each for m_blocks 1..=4.
+pub const MARLIN_TILES: [(usize, usize, usize); 9] = [
+    (2, 8, 4),
+    (2, 8, 6),
+    (2, 8, 8),
+    (4, 8, 3),
+    (4, 8, 4),
+    (4, 8, 6),
+    (4, 4, 4),
+    (4, 4, 6),
+    (1, 8, 4),
+];
+
+impl MarlinConfig {
+    /// Every configuration compiled into marlin.cu.
+    pub fn all() -> Vec<MarlinConfig> {
+        MARLIN_TILES
+            .iter()
+            .flat_map(|&(n_chunks, k_tiles, stages)| {
+                (1..=4).map(move |m_blocks| MarlinConfig { m_blocks, n_chunks, k_tiles, stages })
+            })
+            .collect()
+    }
+
+    /// The kernel's `extern "C"` name.
+    pub fn kernel_name(&self) -> String {
+        format!(
+            "marlin_w4a16_m{}_n{}_k{}_s{}",
+            self.m_blocks, self.n_chunks, self.k_tiles, self.stages
+        )
+    }
+
+    pub fn tile_n(&self) -> usize {
+        64 * self.n_chunks
+    }
+
+    pub fn tile_k(&self) -> usize {
+        16 * self.k_tiles
+    }
+
+    /// Dynamic shared memory in bytes; mirrors the layout comment above `marlin_w4a16` in the
+    /// .cu file (pipeline stages of A, B and scale tiles, then the k-warp reduction buffer).
+    pub fn smem_bytes(&self) -> usize {
+        let a = self.m_blocks * 16 * self.tile_k() * 2;
+        let b = self.k_tiles * self.n_chunks * 512;
+        let s = (self.tile_k() / 32) * self.tile_n() * 2;
+        let k_warps = 8 / self.n_chunks;
+        let red = if k_warps > 1 { self.n_chunks * self.m_blocks * 32 * 32 * 4 } else { 0 };
+        self.stages * (a + b + s) + red
+    }
+
+    /// Whether this configuration can run an `n`-column problem.
+    pub fn fits_n(&self, n: usize) -> bool {
+        n % self.tile_n() == 0
+    }
+}
+
+/// `m_blocks` for `m` rows: a pass covers up to 64 rows; more rows take several passes.
+fn m_blocks_for(m: usize) -> usize {
+    m.div_ceil(16).clamp(1, 4)
+}
+
+/// The default configuration for an `m × n` problem on a device with `smem_optin` bytes of
+/// shared memory per block: 128×128 tiles with a deep pipeline for one 16-row pass (m ≤ 16,
+/// weight-streaming), 256×64 tiles when the activation tile is larger; the first preference
+/// that divides `n` and fits the device wins.
+pub fn default_config(m: usize, n: usize, smem_optin: usize) -> Option<MarlinConfig> {
+    let m_blocks = m_blocks_for(m);
+    let prefs: &[(usize, usize, usize)] = if m_blocks == 1 {
+        &[(2, 8, 6), (2, 8, 4), (1, 8, 4)]
+    } else {
+        &[(4, 4, 4), (2, 8, 4), (1, 8, 4)]
+    };
+    prefs
+        .iter()
+        .map(|&(n_chunks, k_tiles, stages)| MarlinConfig { m_blocks, n_chunks, k_tiles, stages })
+        .find(|c| c.fits_n(n) && c.smem_bytes() <= smem_optin)
+}
+
+/// How a Marlin problem is grouped along k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarlinGroups {
+    /// One scale per output column (`[1, n]`, `scale_perm_single` layout).
+    PerChannel,
+    /// One scale per `g` rows of k (`[k/g, n]`, `scale_perm` layout), `g` in 32/64/128.
+    Grouped(usize),
+}
+
+impl MarlinGroups {
+    /// From the contract's `group_size`: `None` (or a group spanning all of k, which qtool's
+    /// packer also stores with the per-channel permutation) is per-channel.
+    pub fn from_group_size(group_size: Option<usize>, k: usize) -> KResult<MarlinGroups> {
+        match group_size {
+            None => Ok(MarlinGroups::PerChannel),
+            Some(g) if g == k => Ok(MarlinGroups::PerChannel),
+            Some(g) if MARLIN_GROUP_SIZES.contains(&g) && k % g == 0 => Ok(MarlinGroups::Grouped(g)),
+            Some(g) => Err(KernelError::Unsupported(format!(
+                "Marlin group size {g} with k = {k} (supported: 32, 64, 128 dividing k, or per-channel)"
+            ))),
+        }
+    }
+
+    pub fn num_groups(self, k: usize) -> usize {
+        match self {
+            MarlinGroups::PerChannel => 1,
+            MarlinGroups::Grouped(g) => k / g,
+        }
+    }
+
+    /// The kernel's `group` argument: 0 selects the per-channel path.
+    fn kernel_arg(self) -> i32 {
+        match self {
+            MarlinGroups::PerChannel => 0,
+            MarlinGroups::Grouped(g) => g as i32,
+        }
+    }
+}
+
+fn check_shape(n: usize, k: usize) -> KResult<()> {
+    if k == 0 || k % 128 != 0 {
+        return Err(KernelError::Shape(format!("Marlin needs k % 128 == 0, got k = {k}")));
+    }
+    if n == 0 || n % 64 != 0 {
+        return Err(KernelError::Shape(format!("Marlin needs n % 64 == 0, got n = {n}")));
+    }
+    if i32::try_from(n.saturating_mul(k)).is_err() {
+        return Err(KernelError::Shape(format!("Marlin weight {n}×{k} exceeds 32-bit indexing")));
+    }
+    Ok(())
+}
+
+/// A Marlin weight resident on the GPU.
+#[derive(Debug)]
+pub struct MarlinWeights {
+    pub n: usize,
+    pub k: usize,
+    pub groups: MarlinGroups,
+    b: CudaSlice<i32>,
+    s: CudaSlice<u16>,
+}
+
+impl MarlinWeights {
+    /// Uploads `b` (`[k/16, 2n]`) and the permuted `scales` (`[G, n]`) after checking them
+    /// against the shape.
+    pub fn upload(
+        gpu: &Gpu,
+        n: usize,
+        k: usize,
+        b: &[i32],
+        scales: &[f16],
+        group_size: Option<usize>,
+    ) -> KResult<MarlinWeights> {
+        check_shape(n, k)?;
+        let groups = MarlinGroups::from_group_size(group_size, k)?;
+        check_len("Marlin B", b.len(), k / 16 * 2 * n)?;
+        check_len("Marlin scales", scales.len(), groups.num_groups(k) * n)?;
+        let s: &[u16] = bytemuck::cast_slice(scales);
+        Ok(MarlinWeights { n, k, groups, b: gpu.upload(b)?, s: gpu.upload(s)? })
+    }
+
+    /// Packed weight bytes the kernel streams per pass (for bandwidth figures).
+    pub fn weight_bytes(&self) -> usize {
+        self.k * self.n / 2
+    }
+}
+
+/// The per-column locks of the cross-CTA reduction, sized for problems up to `max_m` rows.
+#[derive(Debug)]
+pub struct MarlinWorkspace {
+    locks: CudaSlice<i32>,
+    max_m: usize,
+    n: usize,
+}
+
+impl MarlinWorkspace {
+    /// One lock per (16-row pass, 64-column chunk): enough for every configuration.
+    pub fn new(gpu: &Gpu, max_m: usize, n: usize) -> KResult<MarlinWorkspace> {
+        Ok(MarlinWorkspace { locks: gpu.zeros(max_m.div_ceil(16) * (n / 64).max(1))?, max_m, n })
+    }
+}
+
+/// A kernel resolved for one problem: function, grid and arguments other than buffers.
+#[derive(Debug)]
+pub struct MarlinPlan {
+    pub config: MarlinConfig,
+    pub grid: u32,
+    iters: i32,
+    func: CudaFunction,
+}
+
+impl MarlinPlan {
+    /// Resolves `config` (or the default for the device) for `m` rows of `w`.
+    pub fn new(
+        gpu: &Gpu,
+        w: &MarlinWeights,
+        m: usize,
+        config: Option<MarlinConfig>,
+    ) -> KResult<MarlinPlan> {
+        if m == 0 || i32::try_from(m.saturating_mul(w.k.max(w.n))).is_err() {
+            return Err(KernelError::Shape(format!("Marlin m = {m} out of range")));
+        }
+        let optin =
+            gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+        let config = match config {
+            Some(c) => c,
+            None => default_config(m, w.n, optin).ok_or_else(|| {
+                KernelError::Unsupported(format!(
+                    "no Marlin tile fits n = {} in {optin} B of shared memory",
+                    w.n
+                ))
+            })?,
+        };
+        if !MarlinConfig::all().contains(&config) {
+            return Err(KernelError::Unsupported(format!(
+                "{config:?} is not compiled into marlin.cu"
+            )));
+        }
+        if config.smem_bytes() > optin {
+            return Err(KernelError::Unsupported(format!(
+                "{} needs {} B of shared memory, the device allows {optin} B",
+                config.kernel_name(),
+                config.smem_bytes()
+            )));
+        }
+        if !config.fits_n(w.n) || w.k % config.tile_k() != 0 {
+            return Err(KernelError::Shape(format!(
+                "{}: tile {}×{} does not divide n = {}, k = {}",
+                config.kernel_name(),
+                config.tile_n(),
+                config.tile_k(),
+                w.n,
+                w.k
+            )));
+        }
+        // Every CTA of the grid must be resident at once (a CTA may wait on a higher one's
+        // lock), so the grid never exceeds the SM count.
+        let sms = gpu.sm_count()? as usize;
+        let passes = m.div_ceil(16 * config.m_blocks);
+        let total = passes * (w.n / config.tile_n()) * (w.k / config.tile_k());
+        let (grid, iters) = stripes(total, sms);
+        let func = gpu.function(&MARLIN_SOURCE, &config.kernel_name())?;
+        Ok(MarlinPlan { config, grid: grid as u32, iters: iters as i32, func })
+    }
+
+    /// Launches `out[m, n] = x[m, k] · Wᵀ` (f32 out, every element written).
+    pub fn launch(
+        &self,
+        gpu: &Gpu,
+        w: &MarlinWeights,
+        ws: &mut MarlinWorkspace,
+        x: &CudaSlice<u16>,
+        out: &mut CudaSlice<f32>,
+        m: usize,
+    ) -> KResult<()> {
+        if m > ws.max_m || ws.n != w.n {
+            return Err(KernelError::Shape(format!(
+                "Marlin workspace for {}×{} cannot serve m = {m}, n = {}",
+                ws.max_m, ws.n, w.n
+            )));
+        }
+        check_len("Marlin x", x.len(), m * w.k)?;
+        check_len("Marlin out", out.len(), m * w.n)?;
+        let (mi, ni, ki, gi) = (m as i32, w.n as i32, w.k as i32, w.groups.kernel_arg());
+        let mut args = gpu.stream().launch_builder(&self.func);
+        // marlin_w4a16_*(A, B, S, C, locks, m, n, k, group, iters)
+        args.arg(x).arg(&w.b).arg(&w.s).arg(out).arg(&mut ws.locks);
+        args.arg(&mi).arg(&ni).arg(&ki).arg(&gi).arg(&self.iters);
+        let cfg = config((self.grid, 1, 1), (THREADS, 1, 1), self.config.smem_bytes() as u32);
+        launch(gpu, &self.func, &self.config.kernel_name(), args, cfg)
+    }
+}
+
+/// Stripe partition of `total` tiles over at most `sms` CTAs: `iters` consecutive tiles each,
+/// and the number of CTAs that actually get tiles.
+pub fn stripes(total: usize, sms: usize) -> (usize, usize) {
+    let grid0 = sms.clamp(1, total.max(1));
+    let iters = total.div_ceil(grid0).max(1);
+    (total.div_ceil(iters).max(1), iters)
+}
+
+impl Gpu {
+    /// The Marlin W4A16 GEMM on the bytes `qtool repack --target marlin` writes: `x [m, k]`
+    /// f16, `b [k/16, 2n]`, permuted `scales [G, n]`, `group_size` `None` for per-channel.
+    /// Returns `out [m, n] = x · Wᵀ` in f32 and the median kernel time over `reps` runs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn marlin_w4a16(
+        &self,
+        x: &[f16],
+        m: usize,
+        n: usize,
+        k: usize,
+        b: &[i32],
+        scales: &[f16],
+        group_size: Option<usize>,
+        reps: usize,
+    ) -> KResult<GemmRun> {
+        let w = MarlinWeights::upload(self, n, k, b, scales, group_size)?;
+        check_len("Marlin x", x.len(), m.saturating_mul(k))?;
+        let plan = MarlinPlan::new(self, &w, m, None)?;
+        let mut ws = MarlinWorkspace::new(self, m, n)?;
+        let xd = self.upload::<u16>(bytemuck::cast_slice(x))?;
+        let mut out = self.zeros::<f32>(m * n)?;
+        let micros =
+            median_micros(self, reps, || plan.launch(self, &w, &mut ws, &xd, &mut out, m))?;
+        let out = self.download(&out)?;
+        let backend =
+            format!("qtool marlin w4a16 ({}, {} CTAs)", plan.config.kernel_name(), plan.grid);
+        Ok(GemmRun { out: out[..m * n].to_vec(), micros, backend })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! CPU checks of the two index contracts the kernel relies on: which (k, n) element and
+    //! which scale each lane's register holds, and that the stripes' lock order can never
+    //! deadlock. The GPU comparison lives in kernels/tests/marlin.rs.
+    use super::*;
+    use qtool_quantizers::int::marlin::{marlin_dequantize, pack_marlin};
+    use qtool_quantizers::int::marlin_check::MarlinKind;
+    use qtool_quantizers::int::rtn::{quantize, Bits, Convention, GroupSize, RtnConfig};
+
+    fn weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n * k)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.2
+            })
+            .collect()
+    }
+
+    /// What the kernel computes for weight element (kk, c) from the words and scales alone, by
+    /// walking lanes/words/nibbles exactly as `compute_stage` and `dequant_word` do.
+    fn emulate_kernel_weights(
+        b: &[i32],
+        s: &[f32],
+        n: usize,
+        k: usize,
+        groups: MarlinGroups,
+    ) -> Vec<f32> {
+        let mut w = vec![f32::NAN; n * k];
+        let row_words = 2 * n;
+        for kt in 0..k / 16 {
+            for chunk in 0..n / 64 {
+                for lane in 0..32 {
+                    let (gid, t) = (lane / 4, lane % 4);
+                    let words = &b[kt * row_words + chunk * 128 + lane * 4..][..4];
+                    for (wi, &word) in words.iter().enumerate() {
+                        let q = word as u32;
+                        // f[0] = (nibble 0, nibble 4), f[1] = (1, 5), f[2] = (2, 6), f[3] = (3, 7)
+                        for (reg, (lo_sh, hi_sh)) in
+                            [(0, 16), (4, 20), (8, 24), (12, 28)].into_iter().enumerate()
+                        {
+                            let sub = reg / 2; // n8 subtile inside tile wi
+                            let krow = 2 * t + 8 * (reg % 2); // b0b1: rows 2t, 2t+1; b2b3: +8
+                            let col = chunk * 64 + 16 * wi + 8 * sub + gid;
+                            for (h, sh) in [lo_sh, hi_sh].into_iter().enumerate() {
+                                let code = ((q >> sh) & 0xf) as f32 - 8.0;
+                                let kk = kt * 16 + krow + h;
+                                let scale = match groups {
+                                    MarlinGroups::Grouped(g) => {
+                                        // lane's 8 scales at 8·gid.., entry 2·wi + sub
+                                        s[(kk / g) * n + chunk * 64 + 8 * gid + 2 * wi + sub]
+                                    }
+                                    MarlinGroups::PerChannel => {
+                                        // output column col' = chunk·64 + 8j + 2t' + e is
+                                        // found at 32h + 8t' + 2(j % 4) + e, h = j / 4
+                                        let j = 2 * wi + sub;
+                                        let (tt, e) = ((col % 8) / 2, col % 2);
+                                        s[chunk * 64 + 32 * (j / 4) + 8 * tt + 2 * (j % 4) + e]
+                                    }
+                                };
+                                assert!(
+                                    w[col * k + kk].is_nan(),
+                                    "element ({col}, {kk}) decoded twice"
+                                );
+                                w[col * k + kk] = code * scale;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    fn check_fragments(n: usize, k: usize, group: GroupSize) {
+        let cfg = RtnConfig {
+            bits: Bits::B4,
+            group_size: group,
+            symmetric: true,
+            convention: Convention::Gptq,
+        };
+        let q = quantize(&weights(n, k, 7), n, k, &cfg, None).unwrap();
+        let t = pack_marlin(&q, MarlinKind::Gptq).unwrap();
+        let reference = marlin_dequantize(&t).unwrap();
+        let gs = match group {
+            GroupSize::PerChannel => None,
+            GroupSize::Size(g) => Some(g),
+        };
+        let groups = MarlinGroups::from_group_size(gs, k).unwrap();
+        let got = emulate_kernel_weights(&t.b, &t.s, n, k, groups);
+        for (i, (a, r)) in got.iter().zip(&reference).enumerate() {
+            assert_eq!(a.to_bits(), r.to_bits(), "element ({}, {}) {a} vs {r}", i / k, i % k);
+        }
+    }
+
+    #[test]
+    fn lane_fragments_decode_to_the_cpu_dequantizer_grouped() {
+        for g in MARLIN_GROUP_SIZES {
+            check_fragments(192, 256, GroupSize::Size(g));
+        }
+    }
+
+    #[test]
+    fn lane_fragments_decode_to_the_cpu_dequantizer_per_channel() {
+        check_fragments(128, 256, GroupSize::PerChannel);
+        // group == k: stored with the per-channel permutation
+        check_fragments(64, 128, GroupSize::Size(128));
+    }
+
+    /// The kernel's slice bookkeeping, replayed for every CTA.
+    #[test]
+    fn stripes_cover_each_tile_once_and_locks_never_wait_on_later_work() {
+        for (k_tiles, cols, sms) in [
+            (64, 64, 132),
+            (32, 86, 132),
+            (86, 32, 132),
+            (1, 3, 132),
+            (64, 224, 114),
+            (8, 2, 7),
+            (3, 5, 4),
+        ] {
+            let total = k_tiles * cols;
+            let (grid, iters) = stripes(total, sms);
+            assert!(grid <= sms);
+            let mut seen = vec![0u32; total];
+            // per column: slice_idx → (block, is that block's first slice)
+            let mut order: Vec<Vec<(usize, usize, bool)>> = vec![Vec::new(); cols];
+            for b in 0..grid {
+                let (begin, end) = (b * iters, ((b + 1) * iters).min(total));
+                assert!(begin < end, "CTA {b} of {grid} got no tiles");
+                let mut u = begin;
+                let mut first = true;
+                while u < end {
+                    let col = u / k_tiles;
+                    let stop = end.min((col + 1) * k_tiles);
+                    for s in &mut seen[u..stop] {
+                        *s += 1;
+                    }
+                    let b_first = (col * k_tiles) / iters;
+                    let b_last = ((col + 1) * k_tiles - 1) / iters;
+                    assert!((b_first..=b_last).contains(&b));
+                    order[col].push((b_last - b, b, first));
+                    first = false;
+                    u = stop;
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1));
+            for (col, slices) in order.iter_mut().enumerate() {
+                slices.sort();
+                for (i, &(idx, b, _)) in slices.iter().enumerate() {
+                    assert_eq!(idx, i, "column {col}");
+                    // slice i waits for slice i − 1, which must be another CTA's first slice
+                    // (done before that CTA can wait on anything else): no cycle is possible
+                    if i > 0 {
+                        let (_, prev_b, prev_first) = slices[i - 1];
+                        assert!(
+                            prev_first && prev_b > b,
+                            "column {col}: CTA {b} waits on CTA {prev_b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_configs_divide_the_benchmark_shapes() {
+        for n in [8192, 11008, 4096, 28672, 64, 192] {
+            for m in [1, 7, 16, 33, 64, 128] {
+                let c = default_config(m, n, 227 * 1024).unwrap();
+                assert!(c.fits_n(n), "{c:?} n = {n}");
+                assert_eq!(c.m_blocks, m_blocks_for(m));
+            }
+        }
+        // a 99 KiB device (sm_86/89) still gets a configuration
+        for m in [1, 64] {
+            assert!(default_config(m, 8192, 99 * 1024).is_some());
+        }
+    }
+
+    #[test]
+    fn group_sizes() {
+        assert_eq!(MarlinGroups::from_group_size(None, 256).unwrap(), MarlinGroups::PerChannel);
+        assert_eq!(
+            MarlinGroups::from_group_size(Some(128), 128).unwrap(),
+            MarlinGroups::PerChannel
+        );
+        assert_eq!(
+            MarlinGroups::from_group_size(Some(64), 256).unwrap(),
+            MarlinGroups::Grouped(64)
+        );
+        assert!(MarlinGroups::from_group_size(Some(16), 256).is_err());
+        assert!(MarlinGroups::from_group_size(Some(96), 384).is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! Second-order statistics of a linear layer's calibration inputs, accumulated batch by batch
+//! so that no more than one batch of activations is ever held.
+//!
+//! `Σ xxᵀ` is summed per fixed chunk of [`CHUNK`] tokens in f32 by the GEMM, then added to an
+//! f64 accumulator: the f32 partial sums stay short (a few hundred terms), and the long sum over
+//! the whole calibration set is f64. Work is split over row panels of the `K×K` result, each
+//! computed entirely by one thread in a fixed order, so the bytes do not depend on the thread
+//! count.
+
+use rayon::prelude::*;
+
+use super::error::{check_finite, check_len, PtqError, PtqResult};
+use super::gemm::{sgemm, View};
+
+/// Tokens per f32 partial product.
+const CHUNK: usize = 256;
+/// Rows of `Σ xxᵀ` one task computes.
+const PANEL: usize = 32;
+
+/// Running `Σ xxᵀ` (upper triangle, f64), `Σ |x|` and the token count of one layer input.
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    k: usize,
+    /// `K×K` row-major; only `j ≥ i` is accumulated, [`Hessian::sum_xxt`] mirrors it.
+    upper: Vec<f64>,
+    abs_sum: Vec<f64>,
+    tokens: u64,
+}
+
+impl Hessian {
+    pub fn new(k: usize) -> Self {
+        Hessian { k, upper: vec![0.0; k * k], abs_sum: vec![0.0; k], tokens: 0 }
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Tokens accumulated so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Adds `x` (`[T, K]` row-major, T = `x.len() / K`). Non-finite activations are refused:
+    /// one NaN would poison every entry of the statistics.
+    pub fn add(&mut self, x: &[f32]) -> PtqResult<()> {
+        let k = self.k;
+        if k == 0 || x.len() % k != 0 {
+            return Err(PtqError::Length {
+                what: "activations",
+                expected: k,
+                got: x.len() % k.max(1),
+            });
+        }
+        check_finite("activations", x)?;
+        let t = x.len() / k;
+        self.upper.par_chunks_mut(PANEL * k).enumerate().for_each(|(p, out)| {
+            let r0 = p * PANEL;
+            let rows = out.len() / k;
+            let width = k - r0;
+            let mut tmp = vec![0.0f32; rows * width];
+            for c0 in (0..t).step_by(CHUNK) {
+                let ct = CHUNK.min(t - c0);
+                // tmp[rows, width] = X[c0.., r0..r0+rows]ᵀ · X[c0.., r0..]
+                sgemm(
+                    1.0,
+                    x,
+                    View::new(ct, rows, k, c0 * k + r0).t(),
+                    x,
+                    View::new(ct, width, k, c0 * k + r0),
+                    0.0,
+                    &mut tmp,
+                    View::new(rows, width, width, 0),
+                );
+                for i in 0..rows {
+                    // Only j ≥ i of the panel's row i (global row r0 + i) is kept.
+                    let dst = &mut out[i * k + r0 + i..(i + 1) * k];
+                    let src = &tmp[i * width + i..(i + 1) * width];
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d += f64::from(s);
+                    }
+                }
+            }
+        });
+        for row in x.chunks_exact(k) {
+            for (a, &v) in self.abs_sum.iter_mut().zip(row) {
+                *a += f64::from(v.abs());
+            }
+        }
+        self.tokens += t as u64;
+        Ok(())
+    }
+
+    /// `Σ xxᵀ`, full symmetric `K×K`.
+    pub fn sum_xxt(&self) -> Vec<f64> {
+        let k = self.k;
+        let mut h = self.upper.clone();
+        for i in 0..k {
+            for j in 0..i {
+                h[i * k + j] = h[j * k + i];
+            }
+        }
+        h
+    }
+
+    fn scaled(&self, factor: f64) -> PtqResult<Vec<f64>> {
+        if self.tokens == 0 {
+            return Err(PtqError::NoTokens);
+        }
+        let c = factor / self.tokens as f64;
+        Ok(self.sum_xxt().into_iter().map(|v| v * c).collect())
+    }
+
+    /// GPTQ's Hessian of the layer-wise loss, `H = 2·XᵀX / T`.
+    pub fn hessian(&self) -> PtqResult<Vec<f64>> {
+        self.scaled(2.0)
+    }
+
+    /// `XᵀX / T`: the mean squared output error of a weight change `Δ` is `Δᵀ·gram·Δ` per row.
+    pub fn gram(&self) -> PtqResult<Vec<f64>> {
+        self.scaled(1.0)
+    }
+
+    /// AWQ's activation salience, `mean |x|` per input channel.
+    pub fn abs_mean(&self) -> PtqResult<Vec<f32>> {
+        if self.tokens == 0 {
+            return Err(PtqError::NoTokens);
+        }
+        Ok(self.abs_sum.iter().map(|&a| (a / self.tokens as f64) as f32).collect())
+    }
+}
+
+/// `Σₙ aₙᵀ·G·bₙ` over the rows of `a`, `b` (`[N, K]`), with `G` (`K×K`) symmetric; the
+/// row-wise products run in parallel and are summed in row order.
+pub(crate) fn quad_form_sum(a: &[f32], b: &[f32], k: usize, g: &[f64]) -> f64 {
+    let g32: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+    const ROWS: usize = 64;
+    let parts: Vec<f64> = a
+        .par_chunks(ROWS * k)
+        .zip(b.par_chunks(ROWS * k))
+        .map(|(ac, bc)| {
+            let rows = ac.len() / k;
+            let mut t = vec![0.0f32; rows * k];
+            // t = a·G (G symmetric, so row-major G is also Gᵀ).
+            sgemm(
+                1.0,
+                ac,
+                View::new(rows, k, k, 0),
+                &g32,
+                View::new(k, k, k, 0),
+                0.0,
+                &mut t,
+                View::new(rows, k, k, 0),
+            );
+            t.iter().zip(bc).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum::<f64>()
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// `‖X·Wᵀ − X·Ŵᵀ‖² / ‖X·Wᵀ‖²` for the tokens summarised by `gram` (`XᵀX`, any positive
+/// scale): the output-space relative error qtool's per-layer log reports.
+pub fn output_error(w: &[f32], w_hat: &[f32], n: usize, k: usize, gram: &[f64]) -> PtqResult<f64> {
+    check_len("weight", n * k, w.len())?;
+    check_len("quantized weight", n * k, w_hat.len())?;
+    check_len("gram", k * k, gram.len())?;
+    let d: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    let err = quad_form_sum(&d, &d, k, gram);
+    let sig = quad_form_sum(w, w, k, gram);
+    Ok(if sig > 0.0 { err / sig } else { err })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    #[test]
+    fn hessian_equals_dense_sum_over_batches() {
+        let (k, t) = (37, 600);
+        let mut s = 7;
+        let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        let mut h = Hessian::new(k);
+        h.add(&x[..250 * k]).unwrap();
+        h.add(&x[250 * k..]).unwrap();
+        let got = h.hessian().unwrap();
+        for i in 0..k {
+            for j in 0..k {
+                let want: f64 =
+                    (0..t).map(|r| f64::from(x[r * k + i]) * f64::from(x[r * k + j])).sum::<f64>()
+                        * 2.0
+                        / t as f64;
+                assert!(
+                    (got[i * k + j] - want).abs() < 1e-5,
+                    "({i},{j}) {} vs {want}",
+                    got[i * k + j]
+                );
+            }
+        }
+        let am = h.abs_mean().unwrap();
+        let want0 = (0..t).map(|r| x[r * k].abs() as f64).sum::<f64>() / t as f64;
+        assert!((f64::from(am[0]) - want0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn hessian_is_thread_count_independent() {
+        let (k, t) = (70, 300);
+        let mut s = 3;
+        let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut h = Hessian::new(k);
+                h.add(&x).unwrap();
+                h.hessian().unwrap()
+            })
+        };
+        let a = run(1);
+        let b = run(3);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn hessian_refuses_nan_activations_and_ragged_rows() {
+        let mut h = Hessian::new(4);
+        assert!(matches!(
+            h.add(&[0.0, 1.0, f32::NAN, 2.0]),
+            Err(PtqError::NonFinite { index: 2, .. })
+        ));
+        assert!(matches!(h.add(&[0.0; 5]), Err(PtqError::Length { .. })));
+        assert_eq!(h.hessian(), Err(PtqError::NoTokens));
+    }
+
+    #[test]
+    fn output_error_matches_direct_products() {
+        let (n, k, t) = (5, 16, 40);
+        let mut s = 11;
+        let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut s)).collect();
+        let wq: Vec<f32> = w.iter().map(|v| (v * 8.0).round() / 8.0).collect();
+        let mut h = Hessian::new(k);
+        h.add(&x).unwrap();
+        let got = output_error(&w, &wq, n, k, &h.gram().unwrap()).unwrap();
+        let (mut e, mut sig) = (0.0f64, 0.0f64);
+        for r in 0..t {
+            for o in 0..n {
+                let y: f64 =
+                    (0..k).map(|c| f64::from(x[r * k + c]) * f64::from(w[o * k + c])).sum();
+                let yq: f64 =
+                    (0..k).map(|c| f64::from(x[r * k + c]) * f64::from(wq[o * k + c])).sum();
+                e += (y - yq).powi(2);
+                sig += y * y;
+            }
+        }
+        assert!((got - e / sig).abs() < 1e-5 * (e / sig), "{got} vs {}", e / sig);
+    }
+}

