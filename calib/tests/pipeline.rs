@@ -136,7 +136,15 @@ fn an_interrupted_run_resumes_and_writes_the_same_checkpoint() {
     assert!(!out.exists(), "nothing is written at the output before the run finishes");
     let resumed = run(&model, &calib, &out, Method::Gptq, Layout::Gptq, true, None).unwrap();
     assert_eq!(resumed.started_at, 1, "block 0 is taken from the state");
-    assert_eq!(resumed.log.layers, full.log.layers);
+    // The resumed blocks' log entries went through state.json (last-digit float rounding).
+    assert_eq!(resumed.log.layers.len(), full.log.layers.len());
+    for (a, b) in resumed.log.layers.iter().zip(&full.log.layers) {
+        assert_eq!((&a.name, a.damp), (&b.name, b.damp));
+        assert!(
+            (a.error - b.error).abs() <= 1e-12 * b.error
+                && (a.rtn_error - b.rtn_error).abs() <= 1e-12 * b.rtn_error
+        );
+    }
     assert!(resumed.files == full.files, "the resumed checkpoint differs");
 }
 

@@ -343,7 +343,8 @@ fn verify_without_a_gpu_exits_2() {
     assert_refused(&["verify", g.to_str().unwrap()], &["no usable GPU: "]);
 }
 
-/// On a GPU: every good checkpoint exits 0; the corrupted ones exit 1 naming the layer.
+/// On a GPU: every good checkpoint exits 0 with every layer passed; corrupted ones exit 1 and
+/// name exactly the corrupted layers.
 #[test]
 fn verify_on_the_gpu() {
     if qtool_verify::gpu_or_skip("verify_on_the_gpu").is_none() {
@@ -353,17 +354,55 @@ fn verify_on_the_gpu() {
     let gptq = ws.gptq_sym();
     let marlin =
         ws.make("marlin", &["repack", gptq.to_str().unwrap(), "-o", "{out}", "--target", "marlin"]);
+    let nv =
+        ws.make("nv.safetensors", &["quantize", "{ref}", "-o", "{out}", "--fmt", "fp4_scaled"]);
+    let good = vec![
+        ws.make(
+            "fp8.safetensors",
+            &["quantize", "{ref}", "-o", "{out}", "--fmt", "fp8_e4m3fn_scaled"],
+        ),
+        ws.make("fp8c", &["quantize", "{ref}", "-o", "{out}", "--fmt", "fp8_channel"]),
+        ws.make(
+            "nvm",
+            &["quantize", "{ref}", "-o", "{out}", "--fmt", "nvfp4", "--layout", "modelopt"],
+        ),
+        ws.make("nvct", &["quantize", "{ref}", "-o", "{out}", "--fmt", "nvfp4"]),
+        ws.make("awq", &["quantize", "{ref}", "-o", "{out}", "--fmt", "w4a16", "--layout", "awq"]),
+        ws.make("ct", &["quantize", "{ref}", "-o", "{out}", "--fmt", "w4a16"]),
+        ws.make("m.gguf", &["convert", "{ref}", "-o", "{out}", "--fmt", "q4_k_m"]),
+        nv.clone(),
+        gptq.clone(),
+        marlin.clone(),
+    ];
     let r = ws.reference.to_str().unwrap();
-    for good in [&gptq, &marlin] {
-        let out = run(&["--json", "verify", good.to_str().unwrap(), "--ref", r, "--batch", "1,16"]);
-        assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    for path in &good {
+        let out =
+            run(&["--json", "verify", path.to_str().unwrap(), "--ref", r, "--batch", "1,16,64"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}\n{}",
+            path.display(),
+            stdout(&out),
+            stderr(&out)
+        );
         let rep: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        assert_eq!(rep["summary"]["passed"], LINEARS);
+        assert_eq!(rep["summary"]["failed"], 0, "{}", path.display());
+        assert!(rep["summary"]["passed"].as_u64().unwrap() >= LINEARS as u64, "{}", path.display());
     }
-    let bad = ws.path("marlin_flip");
-    let done = corrupt(&marlin, &bad, Corruption::FlipNibbles, None).unwrap();
-    let out = run(&["--json", "verify", bad.to_str().unwrap(), "--ref", r, "--batch", "1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let rep: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(rep["summary"]["failing"], serde_json::json!(done.layers));
+    let bad = [
+        (Corruption::FlipNibbles, &marlin, "marlin_flip"),
+        (Corruption::ScalePermutation, &marlin, "marlin_sperm"),
+        (Corruption::ZeroPoints, &gptq, "gptq_v2"),
+        (Corruption::UnswizzledScales, &nv, "nv_unswizzled.safetensors"),
+    ];
+    for (kind, src, name) in bad {
+        let out_path = ws.path(name);
+        let done = corrupt(src, &out_path, kind, None).unwrap();
+        let out =
+            run(&["--json", "verify", out_path.to_str().unwrap(), "--ref", r, "--batch", "1,16"]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        let rep: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(rep["summary"]["failing"], serde_json::json!(done.layers), "{name}");
+    }
 }

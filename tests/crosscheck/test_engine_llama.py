@@ -113,40 +113,22 @@ def _llama(llama_cpp, path, n_ctx):
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2, seed=0)
 
 
-@pytest.mark.parametrize("which", ["f16", "hf"])
-def test_logits_match_llama_cpp_on_the_f16_gguf(smol, which, tmp_path):
-    llm = _llama(smol["llama_cpp"], smol["f16"], 256)
+@pytest.fixture(scope="module")
+def reference(smol):
+    """llama.cpp on the F16 GGUF, computed once: prompt ids and logits, the text's tokens and
+    its perplexity by the eval protocol at ctx 128."""
+    llama_cpp, ctx = smol["llama_cpp"], 128
+    llm = _llama(llama_cpp, smol["f16"], 256)
     try:
+        prompts = []
         for prompt in PROMPTS:
             ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
             llm.reset()
             llm.eval(ids)
-            want = np.array(llm.scores[: len(ids)], dtype=np.float64)
-            got = _engine_logits(smol[which], ids, tmp_path).astype(np.float64)
-            assert got.shape == want.shape == (len(ids), 49152)
-            scale = np.abs(want).max()
-            # fp16 activations in llama.cpp vs f32 here: ~1e-3 of the logit range.
-            np.testing.assert_allclose(got, want, rtol=0, atol=3e-3 * scale, err_msg=prompt)
-            assert np.abs(got - want).mean() < 5e-4 * scale, prompt
-            assert np.array_equal(got.argmax(-1), want.argmax(-1)), prompt
-    finally:
-        llm.close()
-
-
-def test_tokenization_matches_llama_cpp(smol, smollm2_gguf):
-    llm = smol["llama_cpp"].Llama(model_path=str(smollm2_gguf), vocab_only=True, verbose=False)
-    want = llm.tokenize(PPL_TEXT.encode(), add_bos=False, special=False)
-    llm.close()
-    # The GGUF vocabulary (through the in-memory tokenizer.json) and the converted directory's
-    # tokenizer.json must both tokenize like llama.cpp.
-    assert _engine_tokens(smollm2_gguf, smol["text"]) == want
-    assert _engine_tokens(smol["hf"], smol["text"]) == want
-
-
-def _llama_cpp_ppl(llama_cpp, path, tokens, ctx):
-    llm = _llama(llama_cpp, path, ctx)
-    nll, n = 0.0, 0
-    try:
+            prompts.append((prompt, ids, np.array(llm.scores[: len(ids)], dtype=np.float64)))
+        tokens = llm.tokenize(PPL_TEXT.encode(), add_bos=False, special=False)
+        assert len(tokens) >= 4 * ctx, len(tokens)
+        nll, n = 0.0, 0
         for w in range(len(tokens) // ctx):
             window = tokens[w * ctx : (w + 1) * ctx]
             llm.reset()
@@ -158,21 +140,37 @@ def _llama_cpp_ppl(llama_cpp, path, tokens, ctx):
             n += ctx - 1
     finally:
         llm.close()
-    return float(np.exp(nll / n)), n
+    return {"prompts": prompts, "tokens": tokens, "ctx": ctx, "ppl": float(np.exp(nll / n)), "scored": n}
 
 
 @pytest.mark.parametrize("which", ["f16", "hf"])
-def test_eval_ppl_equals_llama_cpp_perplexity(smol, which, qtool_json):
-    ctx = 128
-    llm = smol["llama_cpp"].Llama(model_path=str(smol["f16"]), vocab_only=True, verbose=False)
-    tokens = llm.tokenize(PPL_TEXT.encode(), add_bos=False, special=False)
-    llm.close()
-    assert len(tokens) >= 4 * ctx, len(tokens)
-    want, n = _llama_cpp_ppl(smol["llama_cpp"], smol["f16"], tokens, ctx)
+def test_logits_match_llama_cpp_on_the_f16_gguf(smol, reference, which, tmp_path):
+    for prompt, ids, want in reference["prompts"]:
+        got = _engine_logits(smol[which], ids, tmp_path).astype(np.float64)
+        assert got.shape == want.shape == (len(ids), 49152)
+        scale = np.abs(want).max()
+        # fp16 activations in llama.cpp vs f32 here: ~1e-3 of the logit range.
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-3 * scale, err_msg=prompt)
+        assert np.abs(got - want).mean() < 5e-4 * scale, prompt
+        assert np.array_equal(got.argmax(-1), want.argmax(-1)), prompt
+
+
+def test_tokenization_matches_llama_cpp(smol, reference, smollm2_gguf):
+    want = reference["tokens"]
+    # The GGUF vocabulary (through the in-memory tokenizer.json) and the converted directory's
+    # tokenizer.json must both tokenize like llama.cpp.
+    assert _engine_tokens(smollm2_gguf, smol["text"]) == want
+    assert _engine_tokens(smol["hf"], smol["text"]) == want
+
+
+@pytest.mark.parametrize("which", ["f16", "hf"])
+def test_eval_ppl_equals_llama_cpp_perplexity(smol, reference, which, qtool_json):
+    ctx, tokens = reference["ctx"], reference["tokens"]
     got = qtool_json("eval", smol[which], "--ppl", smol["text"], "--ctx", ctx)
     assert got["schema_version"] == 1
-    assert got["tokens"] == n and got["windows"] == len(tokens) // ctx and got["ctx"] == ctx
-    assert got["text_tokens"] == len(tokens)
+    assert got["tokens"] == reference["scored"] and got["windows"] == len(tokens) // ctx
+    assert got["ctx"] == ctx and got["text_tokens"] == len(tokens)
+    want = reference["ppl"]
     assert abs(got["ppl"] / want - 1) < 0.005, (got["ppl"], want)
     print(f"{which}: qtool ppl {got['ppl']:.4f}, llama.cpp {want:.4f}, {got['tokens_per_second']:.0f} tok/s")
 

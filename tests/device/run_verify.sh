@@ -44,8 +44,8 @@ for l in r["layers"]:
     for b in l["batches"]:
         if b.get("speedup"):
             sp.setdefault(b["m"], []).append(b["speedup"])
-ref = [b["reference"]["kernel_rel"] / b["reference"]["limit"] * 2 for l in r["layers"] for b in l["batches"]
-       if b.get("reference") and b["reference"].get("kernel_rel") is not None]
+ref = [b["reference"]["kernel_rel"] / b["reference"]["expected_rel"] for l in r["layers"] for b in l["batches"]
+       if b.get("reference") and b["reference"].get("kernel_rel") is not None and b["reference"].get("expected_rel")]
 spd = " ".join(f"m{m}:{min(v):.2f}-{max(v):.2f}x" for m, v in sorted(sp.items()))
 print(f"{label:<26} rc={rc} pass={s['passed']} fail={s['failed']} skip={s['skipped']} "
       f"kernels={','.join(kern)} max_rel={max(rel) if rel else float('nan'):.2e} "

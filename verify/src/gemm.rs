@@ -22,7 +22,7 @@ pub fn gemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> 
         .par_chunks(N_SLICE * k.max(1))
         .enumerate()
         .map(|(i, ws)| {
-            let rows = if k == 0 { 0 } else { ws.len() / k };
+            let rows = ws.len().checked_div(k).unwrap_or(0);
             let mut c = vec![0f32; m * rows];
             if rows > 0 && m > 0 && k > 0 {
                 // C[m, rows] = A[m, k] · B[k, rows] with B = Wᵀ: B's row stride 1, column stride k.
@@ -33,7 +33,7 @@ pub fn gemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> 
         .collect();
     let mut y = vec![0f32; m * n];
     for (col0, c) in blocks {
-        let rows = if m == 0 { 0 } else { c.len() / m };
+        let rows = c.len().checked_div(m).unwrap_or(0);
         for r in 0..m {
             y[r * n + col0..r * n + col0 + rows].copy_from_slice(&c[r * rows..(r + 1) * rows]);
         }

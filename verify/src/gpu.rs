@@ -44,11 +44,6 @@ fn bad(msg: String) -> BackendError {
     BackendError::Failed(msg)
 }
 
-/// Operations `qtool_kernels` has not published yet.
-fn pending<T>(op: &str, _args: T) -> Result<GemmRun, KernelError> {
-    Err(KernelError::Unsupported(format!("{op} is not in this build of qtool-kernels")))
-}
-
 fn run(r: Result<GemmRun, KernelError>) -> Result<KernelRun, BackendError> {
     r.map(|g| KernelRun { out: g.out, micros: g.micros }).map_err(failed)
 }
@@ -76,13 +71,7 @@ fn group_cols(k: usize, groups: u64) -> Result<usize, BackendError> {
 impl Backend for GpuBackend {
     fn device(&self) -> String {
         let d = self.gpu.device();
-        format!(
-            "{} (sm_{}{}, {})",
-            d.name,
-            d.compute_capability.0,
-            d.compute_capability.1,
-            self.gpu.arch()
-        )
+        format!("{} ({}, driver {})", d.name, self.gpu.arch(), self.gpu.driver_version())
     }
 
     fn run_layer(&self, layer: &Layer<'_>, x: &[f32], m: usize) -> Result<KernelRun, BackendError> {
@@ -159,7 +148,7 @@ impl Backend for GpuBackend {
                             v2,
                             group,
                         };
-                        run(pending("int4_gemm", (&x, w)))
+                        run(self.gpu.int4_gemm(&x, m, n, k, w, reps))
                     }
                     IntFamily::Awq => {
                         let (qw, qz, s) = (
@@ -170,7 +159,7 @@ impl Backend for GpuBackend {
                         let group = group_cols(k, s.info.shape[0])?;
                         let (qw, qz, s) = (i32s(qw), i32s(qz), f32s(s)?);
                         let w = Int4Weights::Awq { qweight: &qw, qzeros: &qz, scales: &s, group };
-                        run(pending("int4_gemm", (&x, w)))
+                        run(self.gpu.int4_gemm(&x, m, n, k, w, reps))
                     }
                     IntFamily::CompressedTensors => {
                         let (p, s) = (part(layer, "weight_packed")?, part(layer, "weight_scale")?);
@@ -186,7 +175,7 @@ impl Backend for GpuBackend {
                             g_idx: g_idx.as_deref(),
                             group,
                         };
-                        run(pending("int4_gemm", (&x, w)))
+                        run(self.gpu.int4_gemm(&x, m, n, k, w, reps))
                     }
                 }
             }

@@ -5,7 +5,7 @@
 //!   layers: [{ name, layout, kernel?, shape: [n, k], status: pass|fail|skipped, reason?,
 //!              batches: [{ m, max_rel, mean_rel, tolerance: {name, max_rel, mean_rel}, pass,
 //!                          kernel_us, bf16_us, speedup,
-//!                          reference?: { expected_rel, cpu_rel, kernel_rel, limit, pass } }] }],
+//!                          reference?: { expected_rel, cpu_rel, kernel_rel, limit, pass, note? } }] }],
 //!   summary: { layers, passed, failed, skipped, failing: [names], pass } }
 //! ```
 //! Errors are relative to the RMS of the reference output (see [`crate::metrics`]); NaN shows
@@ -22,7 +22,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum Status {
     Pass,
     Fail,
-    /// Not run (no kernel for the layout, a layout qtool cannot decode); never counted as a pass.
+    /// No kernel ran (none for the layout, or a layout qtool cannot decode); never counted as a
+    /// pass, though a REF check that ran on the CPU can still make the layer fail.
     Skipped,
 }
 
@@ -30,14 +31,16 @@ pub enum Status {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RefResult {
     /// Output error of qtool's own quantization of REF's weights for this scheme; `None` when
-    /// qtool has no quantizer for it (`limit` is then the floor).
+    /// qtool has no quantizer for it (then nothing is judged: `limit` is `None`, see `note`).
     pub expected_rel: Option<f64>,
     /// Output error of the candidate's CPU-dequantized weights against REF's.
     pub cpu_rel: f64,
     /// Output error of the kernel against REF's weights (GPU runs only).
     pub kernel_rel: Option<f64>,
-    pub limit: f64,
+    pub limit: Option<f64>,
     pub pass: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One batch size of one layer.
@@ -47,7 +50,8 @@ pub struct BatchResult {
     /// Kernel against the FP32 GEMM on the CPU-dequantized weight (GPU runs only).
     pub max_rel: Option<f64>,
     pub mean_rel: Option<f64>,
-    pub tolerance: Tolerance,
+    /// The kernel's tolerance; `None` when no kernel ran (see the layer's `reason`).
+    pub tolerance: Option<Tolerance>,
     pub pass: bool,
     pub kernel_us: Option<f64>,
     pub bf16_us: Option<f64>,

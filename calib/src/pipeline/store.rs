@@ -30,6 +30,8 @@ use qtool_quantizers::int::{Bits, GroupSize, QuantizedInt};
 use super::PipelineError;
 
 const MAGIC: &[u8; 8] = b"QTQI1\0\0\0";
+/// Magic, four flag bytes, n, k, group.
+const HEADER: usize = 36;
 
 /// The state directory of one run.
 #[derive(Debug, Clone)]
@@ -101,7 +103,7 @@ impl Store {
     }
 
     pub fn put_quantized(&self, name: &str, q: &QuantizedInt) -> Result<(), PipelineError> {
-        let mut b = Vec::with_capacity(40 + q.codes.len() + q.scales.len() * 5 + q.k * 4);
+        let mut b = Vec::with_capacity(HEADER + q.codes.len() + q.scales.len() * 5 + q.k * 4);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&[
             q.bits.get() as u8,
@@ -152,7 +154,7 @@ impl Store {
 }
 
 fn parse_quantized(b: &[u8]) -> Result<QuantizedInt, String> {
-    if b.len() < 40 || &b[..8] != MAGIC {
+    if b.len() < HEADER || &b[..8] != MAGIC {
         return Err("not a qtool quantized-layer file (bad magic or truncated header)".into());
     }
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
@@ -160,7 +162,7 @@ fn parse_quantized(b: &[u8]) -> Result<QuantizedInt, String> {
     let (symmetric, has_g) = (b[9] != 0, b[10] != 0);
     let (n, k) = (u64_at(12), u64_at(20));
     let group = GroupSize::from_i64(u64_at(28) as i64).map_err(|e| e.to_string())?;
-    let body = (b.len() - 40) as u64;
+    let body = (b.len() - HEADER) as u64;
     let nk = n.checked_mul(k).filter(|&v| v <= body).ok_or("n·k exceeds the file")?;
     let (n, k) = (n as usize, k as usize);
     let groups = group.num_groups(k).map_err(|e| e.to_string())?;
@@ -169,7 +171,7 @@ fn parse_quantized(b: &[u8]) -> Result<QuantizedInt, String> {
     if body != expected {
         return Err(format!("the body has {body} bytes, the header promises {expected}"));
     }
-    let mut o = 40;
+    let mut o = HEADER;
     let mut take = |len: usize| {
         let s = &b[o..o + len];
         o += len;
@@ -205,19 +207,15 @@ fn float_bytes(dtype: TensorDType, v: &[f32]) -> Option<Vec<u8>> {
 
 impl Precomputed for Store {
     fn parts(&self, e: &PlanEntry) -> Option<Result<Vec<Vec<u8>>, ExportError>> {
-        let fail = |msg: String| {
-            Some(Err(ExportError::Usage(format!(
-                "calibration state {}: {msg}",
-                self.dir.display()
-            ))))
-        };
+        let fail = |msg: String| Some(Err(ExportError::Usage(msg)));
+        let here = |msg: String| format!("calibration state {}: {msg}", self.dir.display());
         match &e.action {
             Action::Quantize(l) => match self.get_quantized(&e.name) {
                 Ok(None) => None,
-                Ok(Some(q)) if q.n != l.rows || q.k != l.cols => fail(format!(
+                Ok(Some(q)) if q.n != l.rows || q.k != l.cols => fail(here(format!(
                     "{}: stored as [{}, {}], the plan has [{}, {}]",
                     e.name, q.n, q.k, l.rows, l.cols
-                )),
+                ))),
                 Ok(Some(q)) => {
                     Some(int_layer::pack(self.layout, &self.settings, l, &q).map_err(|source| {
                         ExportError::QuantizeInt {
@@ -235,15 +233,17 @@ impl Precomputed for Store {
                     let out = e.outputs.first()?;
                     let numel: u64 = out.shape.iter().product();
                     if numel != v.len() as u64 {
-                        return fail(format!(
+                        return fail(here(format!(
                             "{}: {} values stored, the tensor has {numel}",
                             e.name,
                             v.len()
-                        ));
+                        )));
                     }
                     match float_bytes(out.dtype, &v) {
                         Some(b) => Some(Ok(vec![b])),
-                        None => fail(format!("{}: cannot rewrite a {} tensor", e.name, out.dtype)),
+                        None => {
+                            fail(here(format!("{}: cannot rewrite a {} tensor", e.name, out.dtype)))
+                        }
                     }
                 }
                 Err(err) => fail(err.to_string()),

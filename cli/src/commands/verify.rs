@@ -206,7 +206,8 @@ fn render(report: &Report) -> String {
                 b.m.to_string(),
                 opt(b.max_rel, short_float),
                 opt(b.mean_rel, short_float),
-                format!("{} ≤{}/{}", b.tolerance.name, b.tolerance.max_rel, b.tolerance.mean_rel),
+                b.tolerance
+                    .map_or("-".into(), |t| format!("{} ≤{}/{}", t.name, t.max_rel, t.mean_rel)),
                 opt(b.kernel_us, |u| format!("{u:.1}")),
                 opt(b.bf16_us, |u| format!("{u:.1}")),
                 opt(b.speedup, |s| format!("{s:.2}×")),
@@ -216,12 +217,16 @@ fn render(report: &Report) -> String {
                     Some(r) => {
                         let worst = r.kernel_rel.map_or(r.cpu_rel, |k| k.max(r.cpu_rel));
                         row.push(short_float(worst));
-                        row.push(short_float(r.limit));
+                        row.push(r.limit.map_or_else(|| "not judged".into(), short_float));
                     }
                     None => row.extend(["-".to_string(), "-".to_string()]),
                 }
             }
-            row.push(if b.pass { "pass".into() } else { "FAIL".into() });
+            row.push(match (b.pass, l.status) {
+                (false, _) => "FAIL".into(),
+                (true, Status::Skipped) => "skipped".into(),
+                (true, _) => "pass".into(),
+            });
             table.add_row(row);
         }
     }
@@ -240,6 +245,9 @@ fn render(report: &Report) -> String {
         "{} layers: {} passed, {} failed, {} skipped\n",
         s.layers, s.passed, s.failed, s.skipped
     ));
+    for l in report.layers.iter().filter(|l| l.status == Status::Skipped && !l.batches.is_empty()) {
+        text.push_str(&format!("skipped {}: {}\n", l.name, l.reason.as_deref().unwrap_or("")));
+    }
     for l in report.layers.iter().filter(|l| l.status == Status::Fail) {
         text.push_str(&format!("FAIL {}: {}\n", l.name, l.reason.as_deref().unwrap_or("")));
     }
@@ -257,7 +265,7 @@ mod tests {
             m,
             max_rel: Some(if pass { 0.001 } else { 0.5 }),
             mean_rel: Some(0.0002),
-            tolerance: MARLIN_W4A16,
+            tolerance: Some(MARLIN_W4A16),
             pass,
             kernel_us: Some(10.0),
             bf16_us: Some(35.0),
@@ -266,8 +274,9 @@ mod tests {
                 expected_rel: Some(0.1),
                 cpu_rel: 0.11,
                 kernel_rel: Some(0.11),
-                limit: 0.2,
+                limit: Some(0.2),
                 pass: true,
+                note: None,
             }),
         }
     }

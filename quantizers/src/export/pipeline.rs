@@ -1,7 +1,15 @@
 //! The streaming quantize pipeline: plan entries go through in windows — a few tensors decoded
-//! and quantized in parallel, then written in plan order — so memory stays O(window × largest
-//! tensor) and the output bytes do not depend on the thread count (each tensor's bytes depend
-//! only on that tensor, and the write order is the plan's).
+//! and quantized in parallel, then written in plan order — so memory stays bounded and the
+//! output bytes do not depend on the thread count (each tensor's bytes depend only on that
+//! tensor, and the write order is the plan's).
+//!
+//! Memory: a window holds at most [`WINDOW_BYTES`] of working memory (each layer's f32 copy
+//! plus its outputs), or one layer alone when it is larger. A large layer is itself decoded and
+//! quantized by all threads (the float schemes split their element and row loops), so running
+//! it alone costs no parallelism; small layers share a window. The mapped input pages of every
+//! tensor are released once it is decoded or copied. Peak RSS is then about one large layer's
+//! f32 copy + outputs + its mapped bf16 bytes: under 2 × (largest tensor in f32) + 256 MB
+//! (docs/PERFORMANCE.md).
 
 use std::borrow::Cow;
 
@@ -16,7 +24,10 @@ use super::{int_layer, layer};
 
 /// Bytes of working memory (f32 copies plus outputs) a window may hold; one tensor larger than
 /// this still goes through, alone.
-const WINDOW_BYTES: u64 = 1 << 30;
+const WINDOW_BYTES: u64 = 256 << 20;
+
+/// Elements each thread decodes at a time.
+const DECODE_CHUNK: usize = 1 << 18;
 
 /// Output bytes computed outside this pipeline for some entries — the calibrated GPTQ/AWQ
 /// weights (and AWQ's rescaled norms) of `qtool-calib`, which need the whole model's
@@ -75,6 +86,9 @@ pub fn run_with(
                 }
                 sink.write(&out.name, bytes)?;
             }
+            if let (Action::Copy, Some(i)) = (&entry.action, entry.input) {
+                source.release(&source.tensors()[i]);
+            }
             progress(entry);
         }
         start = end;
@@ -109,7 +123,7 @@ fn produce<'a>(
             let info = &source.tensors()[i];
             let path = || source.files()[info.file].clone();
             let tensor = TensorRef { info, data: source.data(info) };
-            let w = decode::decode_all(tensor)
+            let w = decode_parallel(tensor)
                 .map_err(|source| ExportError::Decode { path: path(), source })?;
             source.release(info);
             let parts = match &plan.int {
@@ -133,4 +147,18 @@ fn produce<'a>(
             expected: e.bytes_out(),
         }),
     }
+}
+
+/// [`decode::decode_all`] with the chunks spread over the thread pool (each chunk is decoded
+/// independently, so the values are the same).
+fn decode_parallel(tensor: TensorRef<'_>) -> Result<Vec<f32>, decode::DecodeError> {
+    // `validate` ties the element count to the mapped byte length, so the allocation is bounded
+    // by the data actually there.
+    let numel = decode::validate(&tensor)? as usize;
+    let chunk = decode::chunk_len(tensor.info.dtype, DECODE_CHUNK);
+    let mut out = vec![0f32; numel];
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .try_for_each(|(i, c)| decode::decode_into(tensor, (i * chunk) as u64, c))?;
+    Ok(out)
 }

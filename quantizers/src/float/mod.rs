@@ -44,7 +44,7 @@ pub mod swizzle;
 
 use std::borrow::Cow;
 
-use half::{bf16, f16};
+use half::f16;
 
 pub use error::FloatError;
 pub use qtool_formats::codec::Fp8Format;
@@ -315,7 +315,7 @@ mod tests {
             x ^= x << 5;
             let v =
                 if i < specials.len() as u32 { specials[i as usize] } else { f32::from_bits(x) };
-            let want = bf16::from_f32(v).to_f32();
+            let want = half::bf16::from_f32(v).to_f32();
             let got = round_bf16(v);
             assert!(
                 got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),

@@ -44,7 +44,12 @@ use qtool_formats::codec::{Fp8Format, Overflow};
 
 use super::e2m1::{self, NibbleOrder};
 use super::swizzle;
-use super::{clamp_sym, finite_amax, prepare, roundup, FloatError, Matrix, Options};
+use rayon::prelude::*;
+
+use super::{
+    clamp_sym, finite_amax, par_finite_amax, prepare, roundup, ComputeDType, FloatError, Matrix,
+    Options,
+};
 
 /// Elements per block.
 pub const BLOCK: usize = 16;
@@ -142,43 +147,14 @@ pub fn quantize(
         _ => (rows, cols),
     };
     let nb = cols_p / BLOCK;
-    let at = |r: usize, c: usize| if r < rows && c < cols { x[r * cols + c] } else { 0.0 };
-    let amax = finite_amax(x.iter().copied());
+    let amax = par_finite_amax(&x);
 
-    let mut codes = vec![0u8; rows_p * cols_p];
-    let mut scales = vec![0u8; rows_p * nb];
-    let mut block = [0.0f32; BLOCK];
-
-    let global_scale = match producer {
+    // The tensor-level numbers first; then every block depends only on its 16 values and
+    // these, so rows are quantized in parallel without changing a byte.
+    let rule = match producer {
         Producer::ModelOpt => {
             let ws2 = amax / FP8_FP4_MAX;
-            let d6 = 6.0 * ws2;
-            for r in 0..rows_p {
-                for b in 0..nb {
-                    fill(&mut block, |i| at(r, b * BLOCK + i));
-                    let bamax = finite_amax(block);
-                    let out = &mut codes[r * cols_p + b * BLOCK..][..BLOCK];
-                    if amax == 0.0 {
-                        // ModelOpt computes 0/0 here; qtool writes zeros under scale 1.0.
-                        scales[r * nb + b] = E4M3.encode(1.0, Overflow::Saturate);
-                        for (o, &v) in out.iter_mut().zip(&block) {
-                            *o = if v.is_finite() { 0 } else { e2m1::encode_lt0(v) };
-                        }
-                        continue;
-                    }
-                    let mut bs = bamax / d6;
-                    if bs == 0.0 {
-                        bs = 1.0;
-                    }
-                    let code = E4M3.encode(bs, Overflow::Saturate);
-                    scales[r * nb + b] = code;
-                    let divisor = E4M3.decode(code) * ws2;
-                    for (o, &v) in out.iter_mut().zip(&block) {
-                        *o = e2m1::encode_lt0(v / divisor);
-                    }
-                }
-            }
-            ws2
+            BlockRule::ModelOpt { ws2, d6: 6.0 * ws2, zero_tensor: amax == 0.0 }
         }
         Producer::CompressedTensors => {
             // `448 * 6 / max_val_pos` is a Python scalar divided by a tensor, which torch
@@ -188,25 +164,11 @@ pub fn quantize(
             if !gs.is_finite() {
                 gs = 1.0;
             }
-            let eps_code = E4M3.encode(0.125, Overflow::Saturate);
-            for r in 0..rows_p {
-                for b in 0..nb {
-                    fill(&mut block, |i| at(r, b * BLOCK + i));
-                    let bamax = finite_amax(block);
-                    let s = gs * dt.round(bamax / 6.0);
-                    let mut code = E4M3.encode(clamp_sym(s, 448.0), Overflow::Saturate);
-                    if code & 0x7F == 0 {
-                        code = eps_code;
-                    }
-                    scales[r * nb + b] = code;
-                    let eff = E4M3.decode(code) / gs;
-                    let out = &mut codes[r * cols_p + b * BLOCK..][..BLOCK];
-                    for (o, &v) in out.iter_mut().zip(&block) {
-                        *o = e2m1::encode_lt0(clamp_sym(v / eff, e2m1::MAX));
-                    }
-                }
+            BlockRule::CompressedTensors {
+                gs,
+                dt,
+                eps_code: E4M3.encode(0.125, Overflow::Saturate),
             }
-            gs
         }
         Producer::Comfy | Producer::ComfyExperimental => {
             let ts = if producer == Producer::Comfy { dt.round(amax / FP8_FP4_MAX) } else { 1.0 };
@@ -219,36 +181,40 @@ pub fn quantize(
                     ),
                 });
             }
-            for r in 0..rows_p {
-                for b in 0..nb {
-                    fill(&mut block, |i| at(r, b * BLOCK + i));
-                    let out = &mut codes[r * cols_p + b * BLOCK..][..BLOCK];
-                    if ts == 0.0 {
-                        // All-zero tensor: ComfyUI would compute 0/0; zeros under scale 0.
-                        for (o, &v) in out.iter_mut().zip(&block) {
-                            *o = if v.is_finite() { 0 } else { e2m1::encode(v) };
-                        }
-                        continue;
-                    }
-                    let bamax = finite_amax(block);
-                    let bs = ((bamax / 6.0) / ts).min(448.0);
-                    let code = E4M3.encode(bs, Overflow::Saturate);
-                    scales[r * nb + b] = code;
-                    let total = ts * E4M3.decode(code);
-                    for (o, &v) in out.iter_mut().zip(&block) {
-                        *o = if total == 0.0 {
-                            0
-                        } else {
-                            e2m1::encode(clamp_sym(v / total, e2m1::MAX))
-                        };
-                    }
-                }
-            }
-            ts
+            BlockRule::Comfy { ts }
         }
     };
+    let global_scale = match rule {
+        BlockRule::ModelOpt { ws2, .. } => ws2,
+        BlockRule::CompressedTensors { gs, .. } => gs,
+        BlockRule::Comfy { ts } => ts,
+    };
     let order = if layout == Layout::Comfy { NibbleOrder::EvenHigh } else { NibbleOrder::EvenLow };
-    let packed = e2m1::pack(&codes, order);
+    let mut packed = vec![0u8; rows_p * cols_p / 2];
+    let mut scales = vec![0u8; rows_p * nb];
+    packed.par_chunks_mut(cols_p / 2).zip(scales.par_chunks_mut(nb)).enumerate().for_each(
+        |(r, (prow, srow))| {
+            let mut block = [0.0f32; BLOCK];
+            let mut codes = [0u8; BLOCK];
+            for b in 0..nb {
+                let c0 = b * BLOCK;
+                fill(&mut block, |i| {
+                    if r < rows && c0 + i < cols {
+                        x[r * cols + c0 + i]
+                    } else {
+                        0.0
+                    }
+                });
+                srow[b] = rule.block(&block, &mut codes);
+                for (o, p) in prow[c0 / 2..][..BLOCK / 2].iter_mut().zip(codes.chunks_exact(2)) {
+                    *o = match order {
+                        NibbleOrder::EvenLow => p[0] | (p[1] << 4),
+                        NibbleOrder::EvenHigh => (p[0] << 4) | p[1],
+                    };
+                }
+            }
+        },
+    );
     let block_scales = match layout {
         Layout::Comfy => swizzle::to_blocked(&scales, rows_p, nb)?,
         _ => scales,
@@ -270,6 +236,79 @@ pub fn quantize(
 fn fill(block: &mut [f32; BLOCK], f: impl Fn(usize) -> f32) {
     for (i, v) in block.iter_mut().enumerate() {
         *v = f(i);
+    }
+}
+
+/// Each producer's arithmetic for one 16-element block, given its tensor-level numbers.
+#[derive(Clone, Copy, Debug)]
+enum BlockRule {
+    /// `ws2 = amax/2688`, `bs = bamax/(6·ws2)` (1.0 when it is 0), codes of `v/(e4m3(bs)·ws2)`.
+    ModelOpt { ws2: f32, d6: f32, zero_tensor: bool },
+    /// `s = gs · round_dt(bamax/6)` cast to E4M3 (eps 0.125 for zero), codes of
+    /// `clamp(v/(e4m3(s)/gs), ±6)`.
+    CompressedTensors { gs: f32, dt: ComputeDType, eps_code: u8 },
+    /// `bs = min((bamax/6)/ts, 448)`, codes of `clamp(v/(ts·e4m3(bs)), ±6)`; a zero total
+    /// scale gives zero codes.
+    Comfy { ts: f32 },
+}
+
+impl BlockRule {
+    /// Writes the block's E2M1 codes and returns its E4M3 scale code.
+    #[inline]
+    fn block(self, block: &[f32; BLOCK], codes: &mut [u8; BLOCK]) -> u8 {
+        match self {
+            BlockRule::ModelOpt { ws2, d6, zero_tensor } => {
+                if zero_tensor {
+                    // ModelOpt computes 0/0 here; qtool writes zeros under scale 1.0.
+                    for (o, &v) in codes.iter_mut().zip(block) {
+                        *o = if v.is_finite() { 0 } else { e2m1::encode_lt0(v) };
+                    }
+                    return E4M3.encode(1.0, Overflow::Saturate);
+                }
+                let mut bs = finite_amax(*block) / d6;
+                if bs == 0.0 {
+                    bs = 1.0;
+                }
+                let code = E4M3.encode(bs, Overflow::Saturate);
+                let divisor = E4M3.decode(code) * ws2;
+                for (o, &v) in codes.iter_mut().zip(block) {
+                    *o = e2m1::encode_lt0(v / divisor);
+                }
+                code
+            }
+            BlockRule::CompressedTensors { gs, dt, eps_code } => {
+                let s = gs * dt.round(finite_amax(*block) / 6.0);
+                let mut code = E4M3.encode(clamp_sym(s, 448.0), Overflow::Saturate);
+                if code & 0x7F == 0 {
+                    code = eps_code;
+                }
+                let eff = E4M3.decode(code) / gs;
+                for (o, &v) in codes.iter_mut().zip(block) {
+                    *o = e2m1::encode_lt0(clamp_sym(v / eff, e2m1::MAX));
+                }
+                code
+            }
+            BlockRule::Comfy { ts } => {
+                if ts == 0.0 {
+                    // All-zero tensor: ComfyUI would compute 0/0; zeros under scale 0.
+                    for (o, &v) in codes.iter_mut().zip(block) {
+                        *o = if v.is_finite() { 0 } else { e2m1::encode(v) };
+                    }
+                    return 0;
+                }
+                let bs = ((finite_amax(*block) / 6.0) / ts).min(448.0);
+                let code = E4M3.encode(bs, Overflow::Saturate);
+                let total = ts * E4M3.decode(code);
+                for (o, &v) in codes.iter_mut().zip(block) {
+                    *o = if total == 0.0 {
+                        0
+                    } else {
+                        e2m1::encode(clamp_sym(v / total, e2m1::MAX))
+                    };
+                }
+                code
+            }
+        }
     }
 }
 

@@ -237,16 +237,7 @@ impl BlockCodec for BlockQ5_0 {
     }
 
     fn quantize(x: &[f32], out: &mut [Self]) {
-        for (x, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let d = signed_absmax_value(x) / -16.0;
-            let id = inverse(d);
-            b.d = f32_to_fp16(d);
-            let mut q = [0u8; QK];
-            for (qj, &v) in q.iter_mut().zip(x) {
-                *qj = trunc_to_i8(v * id + 16.5).min(31) as u8;
-            }
-            (b.qh, b.qs) = pack_q5(&q);
-        }
+        super::simd::quantize_q5_0(x, out);
     }
 
     /// `quantize_row_q5_0_impl`: symmetric weighted least squares (`make_qx_quants`).
@@ -316,21 +307,43 @@ impl BlockCodec for BlockQ8_0 {
     }
 
     fn quantize(x: &[f32], out: &mut [Self]) {
-        for (x, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let mut amax = 0.0f32;
-            for &v in x {
-                // MAX(amax, fabsf(v)) keeps the later operand when the comparison fails (NaN).
-                amax = if amax > v.abs() { amax } else { v.abs() };
-            }
-            let d = amax / 127.0;
-            let id = inverse(d);
-            b.d = f32_to_fp16(d);
-            for (q, &v) in b.qs.iter_mut().zip(x) {
-                // roundf: half away from zero, which is what f32::round does.
-                *q = trunc_to_i8((v * id).round());
-            }
-        }
+        super::simd::quantize_q8_0(x, out);
     }
+}
+
+/// One block of `quantize_row_q5_0_ref`: the scalar reference of [`super::simd::quantize_q5_0`].
+pub(super) fn quantize_q5_0_block(x: &[f32]) -> BlockQ5_0 {
+    let d = signed_absmax_value(x) / -16.0;
+    let id = inverse(d);
+    let mut q = [0u8; QK];
+    for (qj, &v) in q.iter_mut().zip(x) {
+        *qj = trunc_to_i8(v * id + 16.5).min(31) as u8;
+    }
+    let (qh, qs) = pack_q5(&q);
+    BlockQ5_0 { d: f32_to_fp16(d), qh, qs }
+}
+
+/// One block of `quantize_row_q8_0_ref`: the scalar reference of [`super::simd::quantize_q8_0`].
+pub(super) fn quantize_q8_0_block(x: &[f32]) -> BlockQ8_0 {
+    let mut amax = 0.0f32;
+    for &v in x {
+        // MAX(amax, fabsf(v)) keeps the later operand when the comparison fails (NaN).
+        amax = if amax > v.abs() { amax } else { v.abs() };
+    }
+    let d = amax / 127.0;
+    let id = inverse(d);
+    let mut qs = [0i8; QK];
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // roundf: half away from zero, which is what f32::round does.
+        *q = trunc_to_i8((v * id).round());
+    }
+    BlockQ8_0 { d: f32_to_fp16(d), qs }
+}
+
+/// `1/d`, or 0 for a zero scale (`d ? 1.0f/d : 0.0f`).
+#[inline]
+pub(super) fn inverse_scale(d: f32) -> f32 {
+    inverse(d)
 }
 
 /// The signed value of largest magnitude, as the symmetric legacy types pick it: its sign makes

@@ -14,6 +14,11 @@
 //! library and gguf-py in `tests/crosscheck/test_gguf_codecs.py`. Byte identity rests on doing
 //! each f32 operation in ggml's order with no fused multiply-add, so keep that when editing.
 //!
+//! The hot searches (`make_qkx2_quants` for Q4_K/Q5_K, `make_qx_quants` for Q6_K) and the Q5_0
+//! and Q8_0 reference quantizers have AVX2 versions in `simd`, chosen at run time, that do the
+//! same f32 operations in the same order per group or element; the scalar code stays as the
+//! reference and `tests_simd` compares the two bit for bit.
+//!
 //! Callers that only know a [`GgmlType`] at run time use [`dequantize`], [`quantize`],
 //! [`quantize_rows`] and [`quantize_rows_weighted`]; those also accept the plain element types,
 //! so one entry point decodes any GGUF tensor.

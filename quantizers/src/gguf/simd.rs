@@ -15,6 +15,7 @@
 //! functions group by group.
 
 use super::common::{make_qkx2_quants, make_qx_quants, Qkx2Search, ScaleMin};
+use super::legacy::{quantize_q5_0_block, quantize_q8_0_block, BlockQ5_0, BlockQ8_0};
 
 /// Groups per call.
 pub(crate) const LANES: usize = 8;
@@ -89,6 +90,40 @@ pub(crate) fn make_qx_quants_x8_scalar(
     })
 }
 
+/// `quantize_row_q5_0_ref` over whole blocks (`x.len() == 32 * out.len()`).
+pub(crate) fn quantize_q5_0(x: &[f32], out: &mut [BlockQ5_0]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available (checked at run time).
+        return unsafe { avx2::q5_0_rows(x, out) };
+    }
+    quantize_q5_0_scalar(x, out);
+}
+
+/// [`quantize_q5_0`] with the scalar reference.
+pub(crate) fn quantize_q5_0_scalar(x: &[f32], out: &mut [BlockQ5_0]) {
+    for (x, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+        *b = quantize_q5_0_block(x);
+    }
+}
+
+/// `quantize_row_q8_0_ref` over whole blocks (`x.len() == 32 * out.len()`).
+pub(crate) fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available (checked at run time).
+        return unsafe { avx2::q8_0_rows(x, out) };
+    }
+    quantize_q8_0_scalar(x, out);
+}
+
+/// [`quantize_q8_0`] with the scalar reference.
+pub(crate) fn quantize_q8_0_scalar(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (x, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+        *b = quantize_q8_0_block(x);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
@@ -99,7 +134,133 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{LANES, MAX_GROUP};
-    use crate::gguf::common::{Qkx2Search, ScaleMin, GROUP_MAX_EPS};
+    use crate::gguf::common::{f32_to_fp16, Qkx2Search, ScaleMin, GROUP_MAX_EPS};
+    use crate::gguf::legacy::{
+        inverse_scale, quantize_q5_0_block, quantize_q8_0_block, BlockQ5_0, BlockQ8_0,
+    };
+
+    /// One 32-element block as four vectors, or `None` when it holds a NaN: the reference
+    /// scans for the largest magnitude in an order-dependent way around NaN, so such blocks
+    /// take the scalar code.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load_block(x: &[f32]) -> Option<[__m256; 4]> {
+        assert!(x.len() == 32);
+        // SAFETY: `x` holds 32 f32 (asserted).
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) });
+        let nan = _mm256_or_ps(
+            _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v[0], v[0]),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v[1], v[1]),
+            ),
+            _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v[2], v[2]),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v[3], v[3]),
+            ),
+        );
+        (_mm256_movemask_ps(nan) == 0).then_some(v)
+    }
+
+    /// The largest magnitude of a NaN-free block (max is exact and order-free without NaN).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn block_absmax(a: &[__m256; 4]) -> f32 {
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        to_array(m).into_iter().fold(0.0f32, f32::max)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn to_i32s(v: __m256i) -> [i32; LANES] {
+        let mut a = [0i32; LANES];
+        // SAFETY: `a` is 8 writable i32.
+        unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
+        a
+    }
+
+    /// `quantize_row_q5_0_ref`: `d = max / -16` where `max` is the first element of largest
+    /// magnitude, levels `MIN(31, (int8_t)(x·id + 16.5))`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn q5_0_rows(x: &[f32], out: &mut [BlockQ5_0]) {
+        for (x, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+            let Some(v) = load_block(x) else {
+                *b = quantize_q5_0_block(x);
+                continue;
+            };
+            let a = v.map(|vk| abs(vk));
+            let amax = block_absmax(&a);
+            // The reference keeps max = 0 unless some |x| > 0, then takes the first element
+            // reaching the largest magnitude.
+            let mut max = 0.0f32;
+            if amax > 0.0 {
+                for (k, ak) in a.iter().enumerate() {
+                    let hit =
+                        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*ak, _mm256_set1_ps(amax)));
+                    if hit != 0 {
+                        max = x[8 * k + hit.trailing_zeros() as usize];
+                        break;
+                    }
+                }
+            }
+            let d = max / -16.0;
+            let id = _mm256_set1_ps(inverse_scale(d));
+            let q = v.map(|vk| {
+                let t = _mm256_add_ps(_mm256_mul_ps(vk, id), _mm256_set1_ps(16.5));
+                // (int8_t) of the truncated int32 (0x80000000 for NaN/out of range, as cvttss2si).
+                let i = _mm256_cvttps_epi32(t);
+                let i = _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(i));
+                _mm256_min_epi32(i, _mm256_set1_epi32(31))
+            });
+            let mut qh = 0u32;
+            for (k, &qk) in q.iter().enumerate() {
+                let bit4 = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<27>(qk)));
+                qh |= (bit4 as u32) << (8 * k);
+            }
+            let nib = _mm256_set1_epi32(0x0F);
+            let low = |lo: __m256i, hi: __m256i| {
+                _mm256_or_si256(
+                    _mm256_and_si256(lo, nib),
+                    _mm256_slli_epi32::<4>(_mm256_and_si256(hi, nib)),
+                )
+            };
+            let (r0, r1) = (to_i32s(low(q[0], q[2])), to_i32s(low(q[1], q[3])));
+            let mut qs = [0u8; 16];
+            for j in 0..8 {
+                qs[j] = r0[j] as u8;
+                qs[j + 8] = r1[j] as u8;
+            }
+            *b = BlockQ5_0 { d: f32_to_fp16(d), qh: qh.to_le_bytes(), qs };
+        }
+    }
+
+    /// `quantize_row_q8_0_ref`: `d = amax / 127`, levels `(int8_t)roundf(x·id)`, with `roundf`
+    /// (half away from zero) as truncation plus one step where the dropped fraction is ≥ 0.5
+    /// (`y − trunc(y)` is exact).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn q8_0_rows(x: &[f32], out: &mut [BlockQ8_0]) {
+        let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        for (x, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+            let Some(v) = load_block(x) else {
+                *b = quantize_q8_0_block(x);
+                continue;
+            };
+            let d = block_absmax(&v.map(|vk| abs(vk))) / 127.0;
+            let id = _mm256_set1_ps(inverse_scale(d));
+            let mut qs = [0i8; 32];
+            for (k, &vk) in v.iter().enumerate() {
+                let y = _mm256_mul_ps(vk, id);
+                let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+                let up = _mm256_cmp_ps::<_CMP_GE_OQ>(abs(_mm256_sub_ps(y, t)), _mm256_set1_ps(0.5));
+                let step = _mm256_or_ps(_mm256_and_ps(y, sign), _mm256_set1_ps(1.0));
+                let r = _mm256_add_ps(t, _mm256_and_ps(up, step));
+                for (j, &i) in to_i32s(_mm256_cvttps_epi32(r)).iter().enumerate() {
+                    qs[8 * k + j] = i as i8;
+                }
+            }
+            *b = BlockQ8_0 { d: f32_to_fp16(d), qs };
+        }
+    }
 
     /// Element `i` of each of the eight groups of length `n` in `x`, as one vector.
     #[inline]

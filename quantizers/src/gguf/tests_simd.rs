@@ -183,3 +183,55 @@ fn f16_slice_decoding_equals_element_decoding_for_every_pattern() {
         assert!(got == expected, "F16 decoding differs from the element conversion");
     }
 }
+
+/// 32-element blocks for the legacy quantizers: the group kinds above plus blocks aimed at
+/// their own corners (magnitude ties of opposite sign, negative zeros, exact halves for
+/// `roundf`, values whose scaled level leaves the int32 range).
+fn legacy_blocks() -> Vec<f32> {
+    let mut rng = Rng(23);
+    let mut x = Vec::new();
+    for kind in 0..KINDS {
+        for _ in 0..4 {
+            x.extend(group(kind, 32, &mut rng));
+        }
+    }
+    let mut tie = group(0, 32, &mut rng);
+    (tie[3], tie[9]) = (-0.5, 0.5);
+    x.extend(&tie);
+    (tie[3], tie[9]) = (0.5, -0.5);
+    x.extend(&tie);
+    x.extend([-0.0f32; 32]);
+    let mut zeros = [0.0f32; 32];
+    zeros[5] = -0.0;
+    x.extend(zeros);
+    // Levels landing exactly on .5 after scaling by 127/amax (amax 127: id = 1).
+    x.extend((0..32).map(|i| if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 }));
+    x.extend((0..32).map(|i| if i == 31 { -127.0 } else { -(i as f32) * 0.5 }));
+    x.extend((0..32).map(|i| if i % 2 == 0 { 3.0e38 } else { 1.0e-45 }));
+    x.extend((0..32).map(|i| (i as f32 - 16.0) * 1.0e-40));
+    for _ in 0..200 {
+        x.extend(group(0, 32, &mut rng));
+    }
+    x
+}
+
+#[test]
+fn legacy_q5_0_and_q8_0_fast_paths_equal_the_scalar_reference() {
+    use super::legacy::{BlockQ5_0, BlockQ8_0};
+    use super::simd::{quantize_q5_0, quantize_q5_0_scalar, quantize_q8_0, quantize_q8_0_scalar};
+    use bytemuck::Zeroable;
+    let x = legacy_blocks();
+    let n = x.len() / 32;
+    let (mut a, mut b) = (vec![BlockQ5_0::zeroed(); n], vec![BlockQ5_0::zeroed(); n]);
+    quantize_q5_0(&x, &mut a);
+    quantize_q5_0_scalar(&x, &mut b);
+    for i in 0..n {
+        assert_eq!(bytemuck::bytes_of(&a[i]), bytemuck::bytes_of(&b[i]), "Q5_0 block {i}");
+    }
+    let (mut a, mut b) = (vec![BlockQ8_0::zeroed(); n], vec![BlockQ8_0::zeroed(); n]);
+    quantize_q8_0(&x, &mut a);
+    quantize_q8_0_scalar(&x, &mut b);
+    for i in 0..n {
+        assert_eq!(bytemuck::bytes_of(&a[i]), bytemuck::bytes_of(&b[i]), "Q8_0 block {i}");
+    }
+}

@@ -1,0 +1,172 @@
+//! FP8 GEMM vs cuBLAS BF16 at 8192³ (target ≥ 2.0×), then the other stored-format GEMMs vs
+//! cuBLAS BF16 at a few shapes, as one compact table with TFLOP/s and weight bandwidth.
+//!
+//! `cargo run --release -p qtool-kernels --example bench_fp8 [-- --reps N] [-- --skip-big]`
+//! Weights are random bytes of each format (speed does not depend on the values; correctness is
+//! what `tests/gpu_ops.rs` checks). Times are CUDA-event medians of one call, including the
+//! activation quantization / dequant passes each operation runs, excluding host copies.
+
+use half::{bf16, f16};
+use qtool_kernels::{timing::tflops, Fp8Kind, Fp8Scale, GemmRun, GgmlType, Gpu, Int4Weights, KResult, NibbleOrder, ScaleLayout};
+
+fn noise(seed: u64, len: usize) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+        })
+        .collect()
+}
+
+fn bf16s(seed: u64, len: usize) -> Vec<bf16> {
+    noise(seed, len).into_iter().map(|v| bf16::from_f32(v as f32 / u32::MAX as f32 - 0.5)).collect()
+}
+
+/// Random E4M3 bytes without NaN codes.
+fn fp8_bytes(seed: u64, len: usize) -> Vec<u8> {
+    noise(seed, len).into_iter().map(|v| (v as u8) & 0xF7 | 0x10).collect()
+}
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    noise(seed, len.div_ceil(4)).into_iter().flat_map(|v| v.to_le_bytes()).take(len).collect()
+}
+
+fn words(seed: u64, len: usize) -> Vec<i32> {
+    noise(seed, len).into_iter().map(|v| v as i32).collect()
+}
+
+struct Row {
+    op: String,
+    m: usize,
+    n: usize,
+    k: usize,
+    micros: f64,
+    base: f64,
+    weight_bytes: usize,
+    backend: String,
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| {:<22} | {:>5} | {:>5} | {:>5} | {:>9} | {:>8} | {:>8} | {:>7} | {} |",
+        "op", "m", "n", "k", "µs", "TFLOP/s", "W GB/s", "vs bf16", "backend"
+    );
+    println!("|{}|", ["-"; 9].iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+    for r in rows {
+        println!(
+            "| {:<22} | {:>5} | {:>5} | {:>5} | {:>9.1} | {:>8.1} | {:>8.0} | {:>6.2}× | {} |",
+            r.op,
+            r.m,
+            r.n,
+            r.k,
+            r.micros,
+            tflops(r.m, r.n, r.k, r.micros),
+            r.weight_bytes as f64 / (r.micros * 1e-6) / 1e9,
+            r.base / r.micros,
+            r.backend
+        );
+    }
+}
+
+fn main() -> KResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let reps = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(20);
+    let skip_big = args.iter().any(|a| a == "--skip-big");
+    let gpu = match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("skipped: {e}");
+            return Ok(());
+        }
+    };
+    let d = gpu.device();
+    let clock = gpu.attribute(cudarc_clock()).map(|khz| format!("{} MHz", khz / 1000)).unwrap_or_else(|_| "n/a".into());
+    println!(
+        "device: {} (cc {}.{}, {} SMs, {:.0} GiB, max SM clock {clock}), driver {}, arch {}, NVRTC {:?}",
+        d.name,
+        d.compute_capability.0,
+        d.compute_capability.1,
+        gpu.sm_count()?,
+        d.total_memory_bytes as f64 / (1u64 << 30) as f64,
+        gpu.driver_version(),
+        gpu.arch(),
+        qtool_kernels::nvrtc::nvrtc_version()?
+    );
+    let mut rows = Vec::new();
+    let mut push = |op: &str, (m, n, k): (usize, usize, usize), run: &GemmRun, base: f64, wbytes: usize| {
+        rows.push(Row { op: op.into(), m, n, k, micros: run.micros, base, weight_bytes: wbytes, backend: run.backend.clone() });
+    };
+
+    if !skip_big {
+        let (m, n, k) = (8192, 8192, 8192);
+        let x = bf16s(1, m * k);
+        let w16 = bf16s(2, n * k);
+        let base = gpu.gemm_bf16(&x, &w16, m, n, k, reps)?;
+        drop(w16);
+        push("bf16 cublas", (m, n, k), &base, base.micros, n * k * 2);
+        let w8 = fp8_bytes(3, n * k);
+        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), reps)?;
+        push("fp8 e4m3 tensor static", (m, n, k), &r, base.micros, n * k);
+        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), None, reps)?;
+        push("fp8 e4m3 tensor dynamic", (m, n, k), &r, base.micros, n * k);
+        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerChannel(vec![0.01; n]), Some(0.05), reps)?;
+        push("fp8 e4m3 channel static", (m, n, k), &r, base.micros, n * k);
+    }
+
+    let (n, k) = (8192, 8192);
+    let w16 = bf16s(5, n * k);
+    for m in [1usize, 8, 64] {
+        let x = bf16s(6 + m as u64, m * k);
+        let xh: Vec<f16> = x.iter().map(|v| f16::from_f32(v.to_f32())).collect();
+        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let base = gpu.gemm_bf16(&x, &w16, m, n, k, reps)?;
+        push("bf16 cublas", (m, n, k), &base, base.micros, n * k * 2);
+        let b = base.micros;
+        let w8 = fp8_bytes(7, n * k);
+        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), reps)?;
+        push("fp8 e4m3 tensor static", (m, n, k), &r, b, n * k);
+        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::Block128(vec![0.01; 64 * 64]), None, reps)?;
+        push("fp8 e4m3 block128", (m, n, k), &r, b, n * k);
+        let packed = bytes(8, n * k / 2);
+        let scales = fp8_bytes(9, n * k / 16);
+        let r = gpu.nvfp4_gemm(&x, m, n, k, &packed, NibbleOrder::EvenHigh, &scales, ScaleLayout::Swizzled, 0.01, reps)?;
+        push("nvfp4 swizzled (emul.)", (m, n, k), &r, b, n * k / 2 + n * k / 16);
+        let group = 128;
+        let g = k / group;
+        let sc: Vec<f32> = vec![0.01; g * n];
+        let qw = words(10, k / 8 * n);
+        let qz = words(11, g * n / 8);
+        let r = gpu.int4_gemm(&xh, m, n, k, Int4Weights::Gptq { qweight: &qw, qzeros: &qz, scales: &sc, g_idx: None, v2: false, group }, reps)?;
+        push("int4 gptq g128", (m, n, k), &r, b, n * k / 2);
+        let r = gpu.int4_gemm(&xh, m, n, k, Int4Weights::Awq { qweight: &qw, qzeros: &qz, scales: &sc, group }, reps)?;
+        push("int4 awq g128", (m, n, k), &r, b, n * k / 2);
+        let r = gpu.int4_gemm(&xh, m, n, k, Int4Weights::Compressed { packed: &qw, scales: &sc, zero_points: None, g_idx: None, group }, reps)?;
+        push("int4 compressed g128", (m, n, k), &r, b, n * k / 2);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let len = n * ty.row_size(k as u64).unwrap() as usize;
+            // Random blocks with sane f16 scales: bytes, then the scale fields are rewritten.
+            let mut blocks = bytes(12, len);
+            let (bs, off): (usize, &[usize]) = match ty {
+                GgmlType::Q8_0 => (34, &[0]),
+                GgmlType::Q4_K => (144, &[0, 2]),
+                _ => (210, &[208]),
+            };
+            for b in blocks.chunks_exact_mut(bs) {
+                for &o in off {
+                    b[o..o + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            let r = gpu.gguf_gemm(&xf, m, n, k, ty, &blocks, reps)?;
+            push(&format!("gguf {}", ty.name()), (m, n, k), &r, b, len);
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn cudarc_clock() -> cudarc::driver::sys::CUdevice_attribute {
+    cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE
+}
