@@ -237,3 +237,63 @@ fn eval_groups_do_not_change_the_result() {
     assert_eq!((a.tokens, a.windows), (95, 5));
     assert_eq!(steps.last(), Some(&(15, 15)), "5 groups x (2 blocks + head)");
 }
+
+/// Hugging Face's `_compute_llama3_parameters`, written out in f64 for the test.
+fn hf_llama3_inv_freq(
+    theta: f64,
+    dim: usize,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f64,
+) -> Vec<f64> {
+    (0..dim / 2)
+        .map(|i| {
+            let inv = 1.0 / theta.powf((2 * i) as f64 / dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            if wavelen < old_ctx / high {
+                inv
+            } else if wavelen > old_ctx / low {
+                inv / factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                (1.0 - smooth) * inv / factor + smooth * inv
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn llama3_and_linear_rope_scaling_follow_the_hf_formulas() {
+    let d = tiny_with_config(|c| {
+        c["rope_theta"] = serde_json::json!(500000.0);
+        c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    });
+    let m = Model::open(d.path()).unwrap();
+    let want = hf_llama3_inv_freq(500000.0, 16, 8.0, 1.0, 4.0, 64.0);
+    let got = &m.config().rope.inv_freq;
+    assert_eq!(got.len(), 8);
+    // Low, medium and high frequencies all occur at this (tiny) original context.
+    assert!(want
+        .iter()
+        .zip(hf_llama3_inv_freq(500000.0, 16, 1.0, 1.0, 4.0, 64.0))
+        .any(|(a, b)| a == &b));
+    assert!(want
+        .iter()
+        .zip(hf_llama3_inv_freq(500000.0, 16, 1.0, 1.0, 4.0, 64.0))
+        .any(|(a, b)| (a * 8.0 - b).abs() < 1e-12 * b));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-6 * w, "{g} vs {w}");
+    }
+    let d = tiny_with_config(|c| {
+        c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 4.0})
+    });
+    let m = Model::open(d.path()).unwrap();
+    let inv = &m.config().rope.inv_freq;
+    assert!((inv[1] - 1.0 / 10000f64.powf(2.0 / 16.0) / 4.0).abs() < 1e-15);
+    // Linear scaling is position / factor: the logits at position 4p equal unscaled ones at p
+    // only through rope, so a scaled model differs from the plain one.
+    let plain = Model::open(fixture("tiny-llama")).unwrap().forward_logits(&[1, 2, 3]).unwrap();
+    assert_ne!(m.forward_logits(&[1, 2, 3]).unwrap(), plain);
+}

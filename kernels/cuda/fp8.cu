@@ -95,6 +95,8 @@ extern "C" __global__ void scale_cols(float* out, int m, int n, const float* s) 
 }
 
 // Block-scaled FP8 GEMM: out[m, n] = sum_kb (sum_{k in kb} xq[m,k] wq[n,k]) * xs[m,kb] * ws[n/128, kb].
+// Scales are addressed through strides so the same kernel also serves per-tensor / per-channel
+// FP8 when cuBLASLt has no algorithm: xs[r * xs_rs + kb * xs_ks], ws[(c / ws_ndiv) * ws_rs + kb * ws_ks].
 // 64x64 output tile per block of 256 threads (4x4 per thread), k-steps of one 128-wide scale
 // block. FP8 values are exact in f16, so tiles are staged as f16 in shared memory and
 // multiplied in f32 on CUDA cores. w_e5m2 selects the weight format (activations are E4M3).
@@ -102,7 +104,8 @@ extern "C" __global__ void scale_cols(float* out, int m, int n, const float* s) 
 #define BB_N 64
 #define BB_K 128
 extern "C" __global__ void __launch_bounds__(256) fp8_block_gemm(
-    const u8* xq, const float* xs, const u8* wq, int w_e5m2, const float* ws, int m, int n, int k, float* out) {
+    const u8* xq, const float* xs, int xs_rs, int xs_ks, const u8* wq, int w_e5m2, const float* ws, int ws_ndiv,
+    int ws_rs, int ws_ks, int m, int n, int k, float* out) {
     __shared__ __half sa[BB_M][BB_K + 8];
     __shared__ __half sb[BB_N][BB_K + 8];
     const int kb_count = (k + BB_K - 1) / BB_K;
@@ -141,11 +144,11 @@ extern "C" __global__ void __launch_bounds__(256) fp8_block_gemm(
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int gr = row0 + ty * 4 + i;
-            const float sx = gr < m ? xs[(size_t)gr * kb_count + kb] : 0.0f;
+            const float sx = gr < m ? xs[(size_t)gr * xs_rs + (size_t)kb * xs_ks] : 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int gc = col0 + tx + 16 * j;
-                const float sw = gc < n ? ws[(size_t)(gc / 128) * kb_count + kb] : 0.0f;
+                const float sw = gc < n ? ws[(size_t)(gc / ws_ndiv) * ws_rs + (size_t)kb * ws_ks] : 0.0f;
                 acc[i][j] += part[i][j] * (sx * sw);
             }
         }
@@ -160,4 +163,41 @@ extern "C" __global__ void __launch_bounds__(256) fp8_block_gemm(
             if (gr < m && gc < n) out[(size_t)gr * n + gc] = acc[i][j];
         }
     }
+}
+
+// Small-batch block-scaled path: activations dequantized back from their 1x128-group E4M3
+// codes (x~ = e4m3(xq) * xs), then the shared row GEMV over the FP8 weight with its 128x128
+// block scale folded into each decoded value. Same products as the tiled kernel, read once.
+extern "C" __global__ void dequant_act_group128(const u8* xq, const float* xs, int m, int k, float* out) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)m * k) return;
+    const int r = (int)(i / k), c = (int)(i % k);
+    out[i] = e4m3_to_f32(xq[i]) * xs[(size_t)r * ((k + 127) / 128) + c / 128];
+}
+
+struct DecFp8Block {
+    const u8* w; const float* ws; int kbc; int e5m2; int k;
+    __device__ void decode(int row, int g, float out[32]) const {
+        const u8* p = w + (size_t)row * k + 32 * g;
+        const int valid = min(32, k - 32 * g);
+        const float s = ws[(size_t)(row / 128) * kbc + (32 * g) / 128];
+        u8 b[32];
+        if (valid == 32 && (k & 15) == 0) {
+            const uint4 u0 = __ldg(reinterpret_cast<const uint4*>(p)), u1 = __ldg(reinterpret_cast<const uint4*>(p) + 1);
+            const u32 ws8[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+            for (int j = 0; j < 32; ++j) b[j] = (u8)(ws8[j >> 2] >> (8 * (j & 3)));
+        } else {
+#pragma unroll
+            for (int j = 0; j < 32; ++j) b[j] = j < valid ? p[j] : (u8)0;
+        }
+#pragma unroll
+        for (int j = 0; j < 32; ++j) out[j] = j < valid ? (e5m2 ? e5m2_to_f32(b[j]) : e4m3_to_f32(b[j])) * s : 0.0f;
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(256) gemv_fp8_block(const u8* w, const float* ws, int kbc, int e5m2,
+                                                                 const float* x, int m, int n, int k, float* out) {
+    DecFp8Block dec{w, ws, kbc, e5m2, k};
+    gemv_rows(dec, x, X_F32, true, m, n, k, out);
 }

@@ -135,13 +135,17 @@ __device__ __forceinline__ void st_cg_f2(float* p, float2 v) {
 
 // MB: m16 tiles per CTA (rows 16·MB per pass over the weights); NCH: 64-column chunks per tile;
 // KT: k16 tiles per tile (= per pipeline stage); STAGES: pipeline depth.
-// Shared memory (bytes) must match `marlin_smem_bytes` on the host:
+// `group_log2`: log2 of the group size (5, 6, 7), 0 for per-channel scales.
+// Shared memory (bytes) must match `MarlinConfig::smem_bytes` on the host:
 //   STAGES · (16·MB·16·KT·2 + KT·NCH·512 + (KT/2)·64·NCH·2) + (8/NCH > 1 ? NCH·MB·32·32·4 : 0)
+// Every address a thread issues per stage is precomputed (per thread, per tile column) so the
+// main loop is dequantization and mma, not index arithmetic: at m = 1 the loop body is what
+// bounds the streaming rate.
 template <int MB, int NCH, int KT, int STAGES>
 __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const int4* __restrict__ B,
                                              const u16* __restrict__ S, float* __restrict__ C,
                                              int* __restrict__ locks, int m, int n, int k,
-                                             int group, int iters) {
+                                             int group_log2, int iters) {
     constexpr int TN = 64 * NCH;
     constexpr int TK = 16 * KT;
     constexpr int KW = WARPS / NCH;  // warps splitting one tile along k
@@ -155,10 +159,16 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     constexpr int S_BYTES = S_ROWS * TN * 2;
     constexpr int STAGE_BYTES = A_BYTES + B_BYTES + S_BYTES;
     constexpr int ACC = MB * 8 * 4;  // accumulator floats per thread
+    constexpr int A_CHUNKS = MB * 16 * CPR;
+    constexpr int A_ITERS = (A_CHUNKS + THREADS - 1) / THREADS;
+    constexpr int B_CHUNKS = KT * NCH * 32;
+    constexpr int B_ITERS = B_CHUNKS / THREADS;
+    static_assert(B_CHUNKS % THREADS == 0 && THREADS % (NCH * 32) == 0, "B copy split");
 
     extern __shared__ int4 smem_i4[];
     char* smem = reinterpret_cast<char*>(smem_i4);
     float* red = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES);
+    const u32 smem_u32 = smem_addr(smem);
 
     const int k_tiles = k / TK;
     const int n_tiles = n / TN;
@@ -171,39 +181,62 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     const int tid = threadIdx.x;
     const int warp = tid / 32, lane = tid % 32;
     const int ch = warp % NCH, kw = warp / NCH;
-    const bool grouped = group > 0;
-    const int b_row_int4 = n / 2;  // 2n words per k16 row
+    const bool grouped = group_log2 > 0;
+    const int group = grouped ? 1 << group_log2 : 0;
+    // Scale row of local k16 tile kk: kk >> srow_shift (0 when a group spans the whole stage).
+    const int srow_shift = (!grouped || group > TK) ? 31 : group_log2 - 4;
+    const int s_rows = grouped ? (group < TK ? TK >> group_log2 : 1) : 0;
+    const size_t b_row_int4 = (size_t)n / 2;  // 2n words per k16 row
 
-    auto load_stage = [&](int u, int st) {
-        const int colp = u / k_tiles, kt = u % k_tiles;
-        const int p = colp / n_tiles, nt = colp % n_tiles;
-        char* sa = smem + st * STAGE_BYTES;
-        char* sb = sa + A_BYTES;
-        char* ss = sb + B_BYTES;
-        const int row0 = p * MB * 16, k0 = kt * TK;
+    // ---- per-thread copy offsets (independent of the tile) ----
+    // A: chunk i = tid + j·THREADS → row i / CPR, 16-byte column i % CPR, XOR-swizzled by row.
+    u32 a_dst[A_ITERS];
+    int a_row[A_ITERS], a_col[A_ITERS];
 #pragma unroll
-        for (int i = tid; i < MB * 16 * CPR; i += THREADS) {
-            const int r = i / CPR, c = i % CPR;
-            const int row = row0 + r;
-            const bool v = row < m;
-            const u16* src = A + (size_t)(v ? row : 0) * k + k0 + c * 8;
-            cp_async16(smem_addr(sa + r * TK * 2 + ((c ^ (r & 7)) * 16)), src, v);
-        }
+    for (int j = 0; j < A_ITERS; j++) {
+        const int i = tid + j * THREADS;
+        const int r = i / CPR, c = i % CPR;
+        a_row[j] = r;
+        a_col[j] = c * 8;
+        a_dst[j] = r * TK * 2 + ((c ^ (r & 7)) * 16);
+    }
+    // B: chunk i = tid + j·THREADS → k16 row i / (NCH·32), lane slot i % (NCH·32).
+    const size_t b_off0 = (size_t)(tid / (NCH * 32)) * b_row_int4 + tid % (NCH * 32);
+    const size_t b_step = (size_t)(THREADS / (NCH * 32)) * b_row_int4;
+    const u32 b_dst0 = A_BYTES + tid * 16;
+    // Scales: one 16-byte chunk per thread for the first s_rows·TN/8 threads.
+    const bool s_active = tid < s_rows * (TN / 8);
+    const int s_r = tid / (TN / 8), s_c = tid % (TN / 8);
+    const u32 s_dst = A_BYTES + B_BYTES + tid * 16;
+
+    // ---- the load cursor: tile column (pass p, column nt) and k tile ----
+    const u16* a_src[A_ITERS];
+    bool a_ok[A_ITERS];
+    const int4* b_col = B;
+    const u16* s_col = S;
+    auto set_load_column = [&](int col) {
+        const int p = col / n_tiles, nt = col % n_tiles;
 #pragma unroll
-        for (int i = tid; i < KT * NCH * 32; i += THREADS) {
-            const int kk = i / (NCH * 32), rest = i % (NCH * 32);
-            const int4* src = B + (size_t)(kt * KT + kk) * b_row_int4 + nt * NCH * 32 + rest;
-            cp_async16(smem_addr(sb + i * 16), src, true);
+        for (int j = 0; j < A_ITERS; j++) {
+            const int row = p * MB * 16 + a_row[j];
+            a_ok[j] = row < m && (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS);
+            a_src[j] = A + (size_t)(a_ok[j] ? row : 0) * k + a_col[j];
         }
-        if (grouped) {
-            const int rows = TK > group ? TK / group : 1;
-            const int g0 = k0 / group;
-            for (int i = tid; i < rows * (TN / 8); i += THREADS) {
-                const int r = i / (TN / 8), c = i % (TN / 8);
-                const u16* src = S + (size_t)(g0 + r) * n + nt * TN + c * 8;
-                cp_async16(smem_addr(ss + i * 16), src, true);
-            }
+        b_col = B + nt * NCH * 32 + b_off0;
+        s_col = S + nt * TN + s_c * 8;
+    };
+    auto load_stage = [&](int st, int kt) {
+        const u32 base = smem_u32 + st * STAGE_BYTES;
+        const int k0 = kt * TK;
+#pragma unroll
+        for (int j = 0; j < A_ITERS; j++) {
+            if (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS)
+                cp_async16(base + a_dst[j], a_src[j] + k0, a_ok[j]);
         }
+        const int4* bb = b_col + (size_t)kt * KT * b_row_int4;
+#pragma unroll
+        for (int j = 0; j < B_ITERS; j++) cp_async16(base + b_dst0 + j * THREADS * 16, bb + j * b_step, true);
+        if (s_active) cp_async16(base + s_dst, s_col + (size_t)((k0 >> group_log2) + s_r) * n, true);
     };
 
     float acc[MB][8][4];
@@ -214,45 +247,58 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[a][j][e] = 0.0f;
 
-    auto compute_stage = [&](int st, int u) {
+    // ldmatrix row/column of this lane inside an m16×k16 A tile.
+    const int ld_row = (lane % 8) + 8 * ((lane / 8) & 1);
+    const int ld_half = lane / 16;
+
+    // Shared loads are issued HB k16 tiles ahead of their mma so their latency overlaps; HB
+    // shrinks with MB to keep the A fragments in registers (no spills).
+    constexpr int HB = (MB * KPW <= 4) ? KPW : (MB <= 2 && KPW >= 2 ? 2 : 1);
+    auto compute_stage = [&](int st) {
         const char* sa = smem + st * STAGE_BYTES;
         const char* sb = sa + A_BYTES;
         const char* ss = sb + B_BYTES;
-        const int k0 = (u % k_tiles) * TK;
 #pragma unroll
-        for (int j = 0; j < KPW; j++) {
-            const int kk = kw * KPW + j;
-            const int4 bq = *reinterpret_cast<const int4*>(sb + ((kk * NCH + ch) * 32 + lane) * 16);
-            int4 sv = make_int4(0, 0, 0, 0);
-            if (grouped) {
-                const int srow = (k0 + kk * 16) / group - k0 / group;
-                sv = *reinterpret_cast<const int4*>(ss + (srow * TN + ch * 64 + 8 * (lane / 4)) * 2);
-            }
-            u32 a[MB][4];
+        for (int j0 = 0; j0 < KPW; j0 += HB) {
+            int4 bq[HB], sv[HB];
+            u32 a[HB][MB][4];
 #pragma unroll
-            for (int mb = 0; mb < MB; mb++) {
-                const int row = mb * 16 + (lane % 8) + 8 * ((lane / 8) & 1);
-                const int chunk = kk * 2 + lane / 16;
-                ldmatrix_x4(a[mb], smem_addr(sa + row * TK * 2 + ((chunk ^ (row & 7)) * 16)));
-            }
-            const u32 words[4] = {(u32)bq.x, (u32)bq.y, (u32)bq.z, (u32)bq.w};
-            const u32 svw[4] = {(u32)sv.x, (u32)sv.y, (u32)sv.z, (u32)sv.w};
-#pragma unroll
-            for (int w = 0; w < 4; w++) {
-                u32 f[4];
-                dequant_word(words[w], f);
-                if (grouped) {
-                    const u32 s0 = __byte_perm(svw[w], 0, 0x1010);  // scale of subtile 2w, twice
-                    const u32 s1 = __byte_perm(svw[w], 0, 0x3232);  // scale of subtile 2w+1
-                    f[0] = hmul2(f[0], s0);
-                    f[1] = hmul2(f[1], s0);
-                    f[2] = hmul2(f[2], s1);
-                    f[3] = hmul2(f[3], s1);
-                }
+            for (int h = 0; h < HB; h++) {
+                const int kk = kw * KPW + j0 + h;
+                bq[h] = *reinterpret_cast<const int4*>(sb + ((kk * NCH + ch) * 32 + lane) * 16);
+                sv[h] = make_int4(0, 0, 0, 0);
+                if (grouped)
+                    sv[h] = *reinterpret_cast<const int4*>(
+                        ss + (((kk >> srow_shift) * TN) + ch * 64 + 8 * (lane / 4)) * 2);
 #pragma unroll
                 for (int mb = 0; mb < MB; mb++) {
-                    mma_16816(acc[mb][2 * w], a[mb], f[0], f[1]);
-                    mma_16816(acc[mb][2 * w + 1], a[mb], f[2], f[3]);
+                    const int row = mb * 16 + ld_row;
+                    const int chunk = kk * 2 + ld_half;
+                    ldmatrix_x4(a[h][mb],
+                                smem_u32 + st * STAGE_BYTES + row * TK * 2 + ((chunk ^ (row & 7)) * 16));
+                }
+            }
+#pragma unroll
+            for (int h = 0; h < HB; h++) {
+                const u32 words[4] = {(u32)bq[h].x, (u32)bq[h].y, (u32)bq[h].z, (u32)bq[h].w};
+                const u32 svw[4] = {(u32)sv[h].x, (u32)sv[h].y, (u32)sv[h].z, (u32)sv[h].w};
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    u32 f[4];
+                    dequant_word(words[w], f);
+                    if (grouped) {
+                        const u32 s0 = __byte_perm(svw[w], 0, 0x1010);  // scale of subtile 2w, twice
+                        const u32 s1 = __byte_perm(svw[w], 0, 0x3232);  // scale of subtile 2w+1
+                        f[0] = hmul2(f[0], s0);
+                        f[1] = hmul2(f[1], s0);
+                        f[2] = hmul2(f[2], s1);
+                        f[3] = hmul2(f[3], s1);
+                    }
+#pragma unroll
+                    for (int mb = 0; mb < MB; mb++) {
+                        mma_16816(acc[mb][2 * w], a[h][mb], f[0], f[1]);
+                        mma_16816(acc[mb][2 * w + 1], a[h][mb], f[2], f[3]);
+                    }
                 }
             }
         }
@@ -355,51 +401,75 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
                 for (int e = 0; e < 4; e++) acc[a][j][e] = 0.0f;
     };
 
+    // ---- pipeline: prologue, then one tile per iteration ----
+    int ld_col = u_begin / k_tiles, ld_kt = u_begin % k_tiles;
+    set_load_column(ld_col);
+    auto advance_load = [&]() {
+        if (++ld_kt == k_tiles) {
+            ld_kt = 0;
+            set_load_column(++ld_col);
+        }
+    };
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (u_begin + s < u_end) load_stage(u_begin + s, s);
+        if (u_begin + s < u_end) {
+            load_stage(s, ld_kt);
+            advance_load();
+        }
         cp_async_commit();
     }
-    int st = 0;
+    int st = 0, ld_st = STAGES - 1;
+    int cp_col = u_begin / k_tiles, cp_kt = u_begin % k_tiles;
 #pragma unroll 1
     for (int u = u_begin; u < u_end; u++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        const int un = u + STAGES - 1;
-        if (un < u_end) load_stage(un, (st + STAGES - 1) % STAGES);
+        if (u + STAGES - 1 < u_end) {
+            load_stage(ld_st, ld_kt);
+            advance_load();
+        }
         cp_async_commit();
-        compute_stage(st, u);
+        ld_st = (ld_st + 1 == STAGES) ? 0 : ld_st + 1;
+        compute_stage(st);
         st = (st + 1 == STAGES) ? 0 : st + 1;
-        if (u + 1 == u_end || (u + 1) % k_tiles == 0) finish_slice(u / k_tiles);
+        const bool col_end = ++cp_kt == k_tiles;
+        if (col_end || u + 1 == u_end) finish_slice(cp_col);
+        if (col_end) {
+            cp_kt = 0;
+            cp_col++;
+        }
     }
 }
 
 }  // namespace
 
-// One entry point per configuration; the host picks by name (kernels/src/marlin.rs).
-#define MARLIN_ENTRY(MB, NCH, KT, ST)                                                            \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                     \
-        marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST(                                             \
+// One entry point per configuration; the host picks by name (kernels/src/marlin.rs, whose
+// `MARLIN_CONFIGS` lists exactly these). OCC is the CTAs per SM the register budget is cut for.
+#define MARLIN_ENTRY(MB, NCH, KT, ST, OCC)                                                       \
+    extern "C" __global__ void __launch_bounds__(THREADS, OCC)                                   \
+        marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC(                                    \
             const u16* __restrict__ A, const int4* __restrict__ B, const u16* __restrict__ S,    \
-            float* __restrict__ C, int* __restrict__ locks, int m, int n, int k, int group,      \
+            float* __restrict__ C, int* __restrict__ locks, int m, int n, int k, int group_log2, \
             int iters) {                                                                         \
-        marlin_w4a16<MB, NCH, KT, ST>(A, B, S, C, locks, m, n, k, group, iters);                \
+        marlin_w4a16<MB, NCH, KT, ST>(A, B, S, C, locks, m, n, k, group_log2, iters);           \
     }
 
 #define MARLIN_ENTRY_MB(NCH, KT, ST) \
-    MARLIN_ENTRY(1, NCH, KT, ST)     \
-    MARLIN_ENTRY(2, NCH, KT, ST)     \
-    MARLIN_ENTRY(3, NCH, KT, ST)     \
-    MARLIN_ENTRY(4, NCH, KT, ST)
+    MARLIN_ENTRY(1, NCH, KT, ST, 1)  \
+    MARLIN_ENTRY(2, NCH, KT, ST, 1)  \
+    MARLIN_ENTRY(3, NCH, KT, ST, 1)  \
+    MARLIN_ENTRY(4, NCH, KT, ST, 1)
 
-// 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 and 256×64 tiles (2 k-warps × 4 n-chunks),
-// and 64×128 tiles (8 k-warps) for n not divisible by 128.
+// Every m: 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 (2 × 4), 64×128 (8 k-warps; also
+// the fallback for n % 128 != 0).
 MARLIN_ENTRY_MB(2, 8, 4)
-MARLIN_ENTRY_MB(2, 8, 6)
-MARLIN_ENTRY_MB(2, 8, 8)
-MARLIN_ENTRY_MB(4, 8, 3)
 MARLIN_ENTRY_MB(4, 8, 4)
-MARLIN_ENTRY_MB(4, 8, 6)
-MARLIN_ENTRY_MB(4, 4, 4)
-MARLIN_ENTRY_MB(4, 4, 6)
 MARLIN_ENTRY_MB(1, 8, 4)
+// m ≤ 16 (weight streaming): deeper k per stage, or two CTAs per SM.
+MARLIN_ENTRY(1, 2, 8, 4, 2)
+MARLIN_ENTRY(1, 4, 8, 3, 2)
+MARLIN_ENTRY(1, 4, 4, 4, 2)
+MARLIN_ENTRY(1, 1, 16, 4, 2)
+MARLIN_ENTRY(1, 2, 16, 3, 1)
+MARLIN_ENTRY(1, 2, 16, 3, 2)
+MARLIN_ENTRY(1, 4, 16, 3, 1)

@@ -40,9 +40,11 @@ __device__ __forceinline__ float e8m0_to_f32(u8 b) {
 }
 
 // E2M1 code (low 4 bits) -> float.
+// Branch-free (a table indexed at run time would live in local memory): code = s|e(2)|m(1);
+// e = 0 is the subnormal m * 0.5, else (1 + m/2) * 2^(e-1).
 __device__ __forceinline__ float e2m1_to_f32(u32 code) {
-    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-    float v = mag[code & 7];
+    const u32 e = (code >> 1) & 3, m = code & 1;
+    const float v = e == 0 ? 0.5f * (float)m : __uint_as_float(((e + 126u) << 23) | (m << 22));
     return (code & 8) ? -v : v;
 }
 
@@ -70,47 +72,6 @@ __device__ __forceinline__ float warp_max(float v) {
 
 namespace qtool {
 
-// ---------------------------------------------------------------------------------------------
-// Activation loads: 32 consecutive elements of one activation row as floats. `vec` says the
-// pointer is 16-byte aligned (checked on the host from k and the base alignment).
-
-__device__ __forceinline__ void load_x32(const u16* p, bool is_bf16, bool vec, int valid, float out[32]) {
-    if (vec && valid >= 32) {
-        const uint4* q = reinterpret_cast<const uint4*>(p);
-#pragma unroll
-        for (int v = 0; v < 4; ++v) {
-            uint4 u = __ldg(q + v);
-            u32 w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                u16 lo = (u16)(w[j] & 0xFFFF), hi = (u16)(w[j] >> 16);
-                out[v * 8 + 2 * j] = is_bf16 ? bf16_bits_to_f32(lo) : f16_bits_to_f32(lo);
-                out[v * 8 + 2 * j + 1] = is_bf16 ? bf16_bits_to_f32(hi) : f16_bits_to_f32(hi);
-            }
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            u16 b = j < valid ? p[j] : (u16)0;
-            out[j] = is_bf16 ? bf16_bits_to_f32(b) : f16_bits_to_f32(b);
-        }
-    }
-}
-
-__device__ __forceinline__ void load_x32(const float* p, bool vec, int valid, float out[32]) {
-    if (vec && valid >= 32) {
-        const float4* q = reinterpret_cast<const float4*>(p);
-#pragma unroll
-        for (int v = 0; v < 8; ++v) {
-            float4 f = __ldg(q + v);
-            out[4 * v] = f.x; out[4 * v + 1] = f.y; out[4 * v + 2] = f.z; out[4 * v + 3] = f.w;
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < 32; ++j) out[j] = j < valid ? p[j] : 0.0f;
-    }
-}
-
 // Activation element type of a GEMV.
 enum XType { X_BF16 = 0, X_F16 = 1, X_F32 = 2 };
 
@@ -118,48 +79,76 @@ enum XType { X_BF16 = 0, X_F16 = 1, X_F32 = 2 };
 #define QTOOL_GEMV_MAX_M 8
 
 // ---------------------------------------------------------------------------------------------
-// Warp-per-output-row GEMV over any weight format whose rows are contiguous in memory.
+// GEMV over any weight format whose rows are contiguous in memory.
 // `Dec::decode(row, g, w)` writes the 32 weights of row `row`, columns 32g..32g+31, as floats
-// (zeros past k). Lane l handles groups l, l+32, ...; each decoded group is used for all m
-// activation rows while it sits in registers, so the weight bytes are read exactly once.
+// (zeros past k). A block of QTOOL_GEMV_WARPS warps owns QTOOL_GEMV_WARPS * QTOOL_GEMV_RPW rows
+// and walks k in chunks of 1024: the chunk of every activation row is staged once in shared
+// memory (as f32, transposed with a 33-float pitch so both the staging writes and the lane reads
+// are bank-conflict free), then lane l decodes group l of the chunk for each of its warp's rows
+// and dots it with all m activation rows while the weights sit in registers, so every weight
+// byte is read exactly once and activations come from shared memory.
 // out[r * n + row] = sum_k x[r * k + kk] * W[row][kk].
+#define QTOOL_GEMV_WARPS 8
+#define QTOOL_GEMV_RPW 4
+#define QTOOL_GEMV_KC 1024
+
 template <class Dec>
 __device__ __forceinline__ void gemv_rows(const Dec& dec, const void* xv, int xtype, bool xvec,
                                           int m, int n, int k, float* out) {
-    const int warps_per_block = blockDim.x >> 5;
-    const int row = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= n) return;
-    float acc[QTOOL_GEMV_MAX_M];
+    (void)xvec;
+    __shared__ float xs[QTOOL_GEMV_MAX_M][32 * 33];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * QTOOL_GEMV_WARPS + warp) * QTOOL_GEMV_RPW;
+    float acc[QTOOL_GEMV_RPW][QTOOL_GEMV_MAX_M];
 #pragma unroll
-    for (int r = 0; r < QTOOL_GEMV_MAX_M; ++r) acc[r] = 0.0f;
+    for (int i = 0; i < QTOOL_GEMV_RPW; ++i)
+#pragma unroll
+        for (int r = 0; r < QTOOL_GEMV_MAX_M; ++r) acc[i][r] = 0.0f;
     const int groups = (k + 31) >> 5;
-    for (int g = lane; g < groups; g += 32) {
-        float w[32];
-        dec.decode(row, g, w);
-        const int k0 = g << 5;
-        const int valid = min(32, k - k0);
+    for (int c0 = 0; c0 < k; c0 += QTOOL_GEMV_KC) {
+        __syncthreads();  // the previous chunk has been consumed
+        for (int e = threadIdx.x; e < m * QTOOL_GEMV_KC; e += blockDim.x) {
+            const int r = e / QTOOL_GEMV_KC, c = e % QTOOL_GEMV_KC, kk = c0 + c;
+            float v = 0.0f;
+            if (kk < k) {
+                const size_t at = (size_t)r * k + kk;
+                if (xtype == X_F32) v = static_cast<const float*>(xv)[at];
+                else if (xtype == X_BF16) v = bf16_bits_to_f32(static_cast<const u16*>(xv)[at]);
+                else v = f16_bits_to_f32(static_cast<const u16*>(xv)[at]);
+            }
+            xs[r][(c & 31) * 33 + (c >> 5)] = v;
+        }
+        __syncthreads();
+        const int g = (c0 >> 5) + lane;
+        if (g < groups) {
 #pragma unroll
-        for (int r = 0; r < QTOOL_GEMV_MAX_M; ++r) {
-            if (r < m) {
-                float xs[32];
-                if (xtype == X_F32) {
-                    load_x32(static_cast<const float*>(xv) + (size_t)r * k + k0, xvec, valid, xs);
-                } else {
-                    load_x32(static_cast<const u16*>(xv) + (size_t)r * k + k0, xtype == X_BF16, xvec, valid, xs);
+            for (int i = 0; i < QTOOL_GEMV_RPW; ++i) {
+                const int row = row0 + i;
+                if (row < n) {
+                    float w[32];
+                    dec.decode(row, g, w);
+#pragma unroll
+                    for (int r = 0; r < QTOOL_GEMV_MAX_M; ++r) {
+                        if (r < m) {
+                            float s = 0.0f;
+#pragma unroll
+                            for (int j = 0; j < 32; ++j) s = fmaf(xs[r][j * 33 + lane], w[j], s);
+                            acc[i][r] += s;
+                        }
+                    }
                 }
-                float s = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 32; ++j) s = fmaf(xs[j], w[j], s);
-                acc[r] += s;
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < QTOOL_GEMV_MAX_M; ++r) {
-        if (r < m) {
-            float s = warp_sum(acc[r]);
-            if (lane == 0) out[(size_t)r * n + row] = s;
+    for (int i = 0; i < QTOOL_GEMV_RPW; ++i) {
+        const int row = row0 + i;
+#pragma unroll
+        for (int r = 0; r < QTOOL_GEMV_MAX_M; ++r) {
+            if (r < m) {
+                const float s = warp_sum(acc[i][r]);
+                if (lane == 0 && row < n) out[(size_t)r * n + row] = s;
+            }
         }
     }
 }
@@ -176,9 +165,25 @@ __device__ __forceinline__ void dequant_rows(const Dec& dec, int n, int k, bool 
     dec.decode(row, g, w);
     const int k0 = g << 5;
     u16* o = out + (size_t)row * k + k0;
+    if ((k & 7) == 0 && k0 + 32 <= k) {
+        // Row starts are 16-byte aligned when k % 8 == 0: four 16-byte stores.
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-        if (k0 + j < k) o[j] = to_bf16 ? f32_to_bf16_bits(w[j]) : __half_as_ushort(__float2half_rn(w[j]));
+        for (int v = 0; v < 4; ++v) {
+            u32 p[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float a = w[8 * v + 2 * j], b = w[8 * v + 2 * j + 1];
+                const u32 lo = to_bf16 ? f32_to_bf16_bits(a) : __half_as_ushort(__float2half_rn(a));
+                const u32 hi = to_bf16 ? f32_to_bf16_bits(b) : __half_as_ushort(__float2half_rn(b));
+                p[j] = lo | (hi << 16);
+            }
+            reinterpret_cast<uint4*>(o)[v] = make_uint4(p[0], p[1], p[2], p[3]);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            if (k0 + j < k) o[j] = to_bf16 ? f32_to_bf16_bits(w[j]) : __half_as_ushort(__float2half_rn(w[j]));
+        }
     }
 }
 

@@ -110,6 +110,9 @@ fn main() -> KResult<()> {
         let w8 = fp8_bytes(3, n * k);
         let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), reps)?;
         push("fp8 e4m3 tensor static", (m, n, k), &r, base.micros, n * k);
+        let precise = qtool_kernels::Fp8Options { fast_accum: false, ..Default::default() };
+        let r = gpu.fp8_gemm_with(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), precise, reps)?;
+        push("fp8 tensor static fp32acc", (m, n, k), &r, base.micros, n * k);
         let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), None, reps)?;
         push("fp8 e4m3 tensor dynamic", (m, n, k), &r, base.micros, n * k);
         let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerChannel(vec![0.01; n]), Some(0.05), reps)?;

@@ -3,15 +3,21 @@
 //! `cargo run --release -p qtool-kernels --example bench_marlin [-- --sweep] [--reps N]`
 //! (`-- --precompile sm_90a` only fills the NVRTC cache.)
 //!
-//! Weights are random Marlin words with random f16 group-128 scales (the kernel's work does
-//! not depend on the values). Each timed Marlin launch reads a different copy of the weights,
-//! with enough copies to exceed twice the L2 cache, so a 32 MB int4 matrix is streamed from
-//! HBM rather than served from a 50 MB L2 between repetitions. cuBLAS BF16 weights are 4× larger
-//! than L2 already. `--sweep` also times every compiled tile configuration per case and prints
-//! the fastest, to choose `default_config`.
+//! Both GEMMs run on device-resident operands and are timed the same way: a long cuBLAS GEMM
+//! is queued first so the GPU is busy while the host enqueues `reps` launches, then the launches
+//! run back to back between two CUDA events (time / reps = kernel time without host launch gaps,
+//! as under CUDA graphs). `ev` is the per-launch event median of `timing::median_micros` (what
+//! `verify` reports), which includes host launch overhead when that exceeds the kernel.
+//! Weights are random Marlin words with random f16 group-128 scales (the work does not depend on
+//! the values). Each launch reads another copy of the weights, with enough copies to exceed
+//! twice the L2 cache, so weights stream from HBM rather than L2 — on both sides.
 
+use cudarc::driver::sys::{CUdevice_attribute as A, CUevent_flags};
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use qtool_kernels::marlin::{MarlinConfig, MarlinPlan, MarlinWeights, MarlinWorkspace};
+use qtool_kernels::marlin::{
+    cublas_bf16_device, MarlinConfig, MarlinPlan, MarlinWeights, MarlinWorkspace,
+};
 use qtool_kernels::timing::median_micros;
 use qtool_kernels::{Gpu, KResult};
 
@@ -34,7 +40,6 @@ impl Rng {
 
 /// HBM peak in GB/s: the figures of the issue for H200/H100 SXM, else bus width × clock.
 fn hbm_peak_gbs(gpu: &Gpu) -> KResult<f64> {
-    use cudarc::driver::sys::CUdevice_attribute as A;
     let name = gpu.device().name.to_ascii_uppercase();
     if name.contains("H200") {
         return Ok(4800.0);
@@ -47,33 +52,53 @@ fn hbm_peak_gbs(gpu: &Gpu) -> KResult<f64> {
     Ok(2.0 * khz * 1e3 * bits / 8.0 / 1e9)
 }
 
-/// Times `plan` rotating over the weight copies; median µs.
-fn time_marlin(
+/// Keeps the GPU busy for a few ms (an 8192³ BF16 GEMM, twice) while launches are enqueued.
+struct Blocker {
+    x: CudaSlice<u16>,
+    w: CudaSlice<u16>,
+    out: CudaSlice<u8>,
+}
+
+impl Blocker {
+    const N: usize = 8192;
+    fn new(gpu: &Gpu) -> KResult<Blocker> {
+        let n = Self::N;
+        Ok(Blocker { x: gpu.zeros(n * n)?, w: gpu.zeros(n * n)?, out: gpu.zeros(n * n * 2)? })
+    }
+    fn run(&mut self, gpu: &Gpu) -> KResult<()> {
+        let n = Self::N;
+        for _ in 0..2 {
+            cublas_bf16_device(gpu, &self.x, &self.w, &mut self.out, (n, n, n))?;
+        }
+        Ok(())
+    }
+}
+
+/// Back-to-back time of one `f()` in µs (see the module docs).
+fn queued_micros(
     gpu: &Gpu,
-    plan: &MarlinPlan,
-    copies: &[MarlinWeights],
-    ws: &mut MarlinWorkspace,
-    x: &cudarc::driver::CudaSlice<u16>,
-    out: &mut cudarc::driver::CudaSlice<f32>,
-    m: usize,
+    blocker: &mut Blocker,
     reps: usize,
+    mut f: impl FnMut() -> KResult<()>,
 ) -> KResult<f64> {
-    let mut i = 0;
-    median_micros(gpu, reps, || {
-        i = (i + 1) % copies.len();
-        plan.launch(gpu, &copies[i], ws, x, out, m)
-    })
+    for _ in 0..3 {
+        f()?;
+    }
+    blocker.run(gpu)?;
+    let ctx = gpu.stream().context().clone();
+    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    start.record(gpu.stream())?;
+    for _ in 0..reps {
+        f()?;
+    }
+    end.record(gpu.stream())?;
+    gpu.synchronize()?;
+    Ok(start.elapsed_ms(&end)? as f64 * 1000.0 / reps as f64)
 }
 
 fn main() -> KResult<()> {
     let args: Vec<String> = std::env::args().collect();
-    let sweep = args.iter().any(|a| a == "--sweep");
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50usize);
     if let Some(arch) = args.iter().position(|a| a == "--precompile").and_then(|i| args.get(i + 1))
     {
         // Fills the kernel cache ($QTOOL_KERNEL_CACHE) without a GPU, so a device run can skip
@@ -83,6 +108,13 @@ fn main() -> KResult<()> {
         println!("marlin.cu for {arch}: {} bytes cached", cubin.len());
         return Ok(());
     }
+    let sweep = args.iter().any(|a| a == "--sweep");
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50usize);
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
         Err(e) if e.is_no_gpu() => {
@@ -91,12 +123,11 @@ fn main() -> KResult<()> {
         }
         Err(e) => return Err(e),
     };
-    use cudarc::driver::sys::CUdevice_attribute as A;
     let l2 = gpu.attribute(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as usize;
     let clock = gpu.attribute(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)? / 1000;
     let peak = hbm_peak_gbs(&gpu)?;
     println!(
-        "device: {} ({}), {} SMs, SM clock {} MHz, L2 {} MiB, HBM peak {:.0} GB/s; reps {reps} (median), group {GROUP}",
+        "device: {} ({}), {} SMs, max SM clock {} MHz, L2 {} MiB, HBM peak {:.0} GB/s; reps {reps}, group {GROUP}",
         gpu.device().name,
         gpu.arch(),
         gpu.sm_count()?,
@@ -105,34 +136,73 @@ fn main() -> KResult<()> {
         peak
     );
     println!(
-        "{:>13} {:>4} {:>10} {:>10} {:>8} {:>8} {:>6}  {}",
-        "k x n", "m", "marlin us", "cublas us", "speedup", "GB/s", "%HBM", "config"
+        "{:>11} {:>4} {:>9} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9}  {}",
+        "k x n",
+        "m",
+        "marlin us",
+        "cublas us",
+        "speedup",
+        "GB/s",
+        "%HBM",
+        "marlin ev",
+        "cublas ev",
+        "config"
     );
+    let mut blocker = Blocker::new(&gpu)?;
     let mut rng = Rng(0x5eed);
     for &(k, n) in &SHAPES {
-        let words = k / 16 * 2 * n;
-        let b: Vec<i32> = (0..words).map(|_| rng.next_u32() as i32).collect();
+        let b: Vec<i32> = (0..k / 16 * 2 * n).map(|_| rng.next_u32() as i32).collect();
         let scales: Vec<f16> =
             (0..k / GROUP * n).map(|_| f16::from_f32(0.002 + 0.001 * rng.next_f32())).collect();
         let wbytes = k * n / 2;
-        let n_copies = (2 * l2).div_ceil(wbytes).max(1);
-        let copies = (0..n_copies)
+        let copies = (0..(2 * l2).div_ceil(wbytes).max(1))
             .map(|_| MarlinWeights::upload(&gpu, n, k, &b, &scales, Some(GROUP)))
             .collect::<KResult<Vec<_>>>()?;
         drop(b);
-        let w_bf16: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(0.02 * rng.next_f32())).collect();
+        let wb: Vec<u16> =
+            (0..n * k).map(|_| bf16::from_f32(0.02 * rng.next_f32()).to_bits()).collect();
+        let wb_copies = (0..(2 * l2).div_ceil(n * k * 2).max(1))
+            .map(|_| gpu.upload(&wb))
+            .collect::<KResult<Vec<_>>>()?;
+        drop(wb);
         for &m in &BATCHES {
             let x: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.next_f32())).collect();
             let xd = gpu.upload::<u16>(bytemuck::cast_slice(&x))?;
+            let xb: Vec<u16> = x.iter().map(|v| bf16::from_f32(v.to_f32()).to_bits()).collect();
+            let xbd = gpu.upload(&xb)?;
             let mut out = gpu.zeros::<f32>(m * n)?;
+            let mut outb = gpu.zeros::<u8>(m * n * 2)?;
             let mut ws = MarlinWorkspace::new(&gpu, m, n)?;
             let plan = MarlinPlan::new(&gpu, &copies[0], m, None)?;
-            let us = time_marlin(&gpu, &plan, &copies, &mut ws, &xd, &mut out, m, reps)?;
-            let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(v.to_f32())).collect();
-            let cublas = gpu.gemm_bf16(&xb, &w_bf16, m, n, k, reps)?.micros;
+            let mut marlin_for = |p: &MarlinPlan, blocker: Option<&mut Blocker>| -> KResult<f64> {
+                let mut i = 0;
+                let f = || {
+                    i = (i + 1) % copies.len();
+                    p.launch(&gpu, &copies[i], &mut ws, &xd, &mut out, m)
+                };
+                match blocker {
+                    Some(b) => queued_micros(&gpu, b, reps, f),
+                    None => median_micros(&gpu, reps, f),
+                }
+            };
+            let us = marlin_for(&plan, Some(&mut blocker))?;
+            let us_ev = marlin_for(&plan, None)?;
+            let mut cublas_for = |blocker: Option<&mut Blocker>| -> KResult<f64> {
+                let mut i = 0;
+                let f = || {
+                    i = (i + 1) % wb_copies.len();
+                    cublas_bf16_device(&gpu, &xbd, &wb_copies[i], &mut outb, (m, n, k))
+                };
+                match blocker {
+                    Some(b) => queued_micros(&gpu, b, reps, f),
+                    None => median_micros(&gpu, reps, f),
+                }
+            };
+            let cublas = cublas_for(Some(&mut blocker))?;
+            let cublas_ev = cublas_for(None)?;
             let gbs = wbytes as f64 / (us * 1e-6) / 1e9;
             println!(
-                "{:>13} {:>4} {:>10.1} {:>10.1} {:>7.2}x {:>8.0} {:>5.0}%  {}",
+                "{:>11} {:>4} {:>9.1} {:>9.1} {:>7.2}x {:>6.0} {:>5.0}% {:>9.1} {:>9.1}  {}",
                 format!("{k}x{n}"),
                 m,
                 us,
@@ -140,25 +210,25 @@ fn main() -> KResult<()> {
                 cublas / us,
                 gbs,
                 100.0 * gbs / peak,
-                plan.config.kernel_name()
+                us_ev,
+                cublas_ev,
+                plan.config.kernel_name().trim_start_matches("marlin_w4a16_")
             );
             if sweep {
-                let mut best: Option<(f64, MarlinConfig)> = None;
+                let mut line = String::from("   sweep:");
                 for cfg in MarlinConfig::all() {
-                    if cfg.m_blocks > plan.config.m_blocks || !cfg.fits_n(n) {
+                    if cfg.m_blocks != plan.config.m_blocks || !cfg.fits(n, k) {
                         continue;
                     }
                     let Ok(p) = MarlinPlan::new(&gpu, &copies[0], m, Some(cfg)) else { continue };
-                    let t = time_marlin(&gpu, &p, &copies, &mut ws, &xd, &mut out, m, reps)?;
-                    if best.is_none_or(|(b, _)| t < b) {
-                        best = Some((t, cfg));
-                    }
-                    print!(" {}:{:.1}", cfg.kernel_name().trim_start_matches("marlin_w4a16_"), t);
+                    let t = marlin_for(&p, Some(&mut blocker))?;
+                    line += &format!(
+                        " {}:{:.1}",
+                        cfg.kernel_name().trim_start_matches("marlin_w4a16_"),
+                        t
+                    );
                 }
-                println!();
-                if let Some((t, c)) = best {
-                    println!("   best {} {:.1} us ({:.2}x cublas)", c.kernel_name(), t, cublas / t);
-                }
+                println!("{line}");
             }
         }
     }

@@ -147,6 +147,10 @@ pub(crate) enum LtScale {
     Scalar,
     /// One f32 per output channel (`OUTER_VEC_32F`, cuBLAS 12.9+).
     OuterVec,
+    /// One f32 per output channel as a device alpha vector over D's rows
+    /// (`CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST`); `a_scale` is then that vector and
+    /// the A scale itself is left at its default of 1.
+    AlphaVec,
 }
 
 /// A prepared cuBLASLt FP8 matmul: descriptors plus the chosen algorithm. Reused across the
@@ -158,6 +162,10 @@ pub(crate) struct LtPlan {
     b: lt::cublasLtMatrixLayout_t,
     d: lt::cublasLtMatrixLayout_t,
     algo: lt::cublasLtMatmulAlgo_t,
+    /// cuBLASLt's top heuristic candidates (best first); [`LtPlan::autotune`] picks among them.
+    candidates: Vec<lt::cublasLtMatmulAlgo_t>,
+    /// Device pointer of the alpha vector ([`LtScale::AlphaVec`]), else host alpha = 1.
+    alpha_vec: Option<u64>,
 }
 
 impl Drop for LtPlan {
@@ -204,6 +212,7 @@ impl LtPlan {
         a_mode: LtScale,
         a_scale: u64,
         b_scale: u64,
+        fast_accum: bool,
         (m, n, k): (usize, usize, usize),
     ) -> KResult<LtPlan> {
         let blas = gpu.blas()?;
@@ -241,6 +250,8 @@ impl LtPlan {
             d,
             // SAFETY: an all-zero algo is a valid placeholder; it is overwritten below before use.
             algo: unsafe { std::mem::zeroed() },
+            candidates: Vec::new(),
+            alpha_vec: (a_mode == LtScale::AlphaVec).then_some(a_scale),
         };
         use lt::cublasLtMatmulDescAttributes_t as A;
         // SAFETY: each value has the type the attribute documents (cublasOperation_t, pointers
@@ -249,7 +260,12 @@ impl LtPlan {
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(cb::cublasOperation_t::CUBLAS_OP_T as i32))?;
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(cb::cublasOperation_t::CUBLAS_OP_N as i32))?;
             let (ap, bp) = (a_scale as *const c_void, b_scale as *const c_void);
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap)?;
+            if a_mode == LtScale::AlphaVec {
+                let mode = lt::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST as i32;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode)?;
+            } else {
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap)?;
+            }
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &bp)?;
             if a_mode == LtScale::OuterVec {
                 let mode = lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F as i32;
@@ -257,17 +273,22 @@ impl LtPlan {
                 let scalar = lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F as i32;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &scalar)?;
             }
-            // Full-precision accumulation (no fast accumulation): the reference is an exact f32 GEMM.
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &0i8)?;
+            // Fast accumulation is what FP8 runtimes use on Hopper (CUTLASS `FP8FastAccum`
+            // schedules); without it cuBLASLt periodically promotes partial sums to FP32.
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &(fast_accum as i8))?;
         }
-        plan.algo = plan.heuristic()?;
+        plan.candidates = plan.heuristic()?;
+        plan.algo = plan.candidates[0];
         Ok(plan)
     }
 
-    fn heuristic(&self) -> KResult<lt::cublasLtMatmulAlgo_t> {
+    /// Up to 8 algorithms cuBLASLt proposes for this problem, best guess first.
+    fn heuristic(&self) -> KResult<Vec<lt::cublasLtMatmulAlgo_t>> {
+        const WANT: usize = 8;
         let pref = cudarc::cublaslt::result::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
         let ws = WORKSPACE_BYTES;
-        // SAFETY: the attribute is a size_t; `pref` is destroyed below, once.
+        // SAFETY: the preference attribute is a size_t; `results` has room for WANT entries and
+        // cuBLASLt writes `count <= WANT` of them; `pref` is destroyed below, once.
         let res = unsafe {
             cudarc::cublaslt::result::set_matmul_pref_attribute(
                 pref,
@@ -277,7 +298,9 @@ impl LtPlan {
             )
             .map_err(lt_err("cublasLtMatmulPreferenceSetAttribute"))
             .and_then(|_| {
-                cudarc::cublaslt::result::get_matmul_algo_heuristic(
+                let mut results: Vec<lt::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); WANT];
+                let mut count: i32 = 0;
+                let status = lt::cublasLtMatmulAlgoGetHeuristic(
                     self.blas.lt,
                     self.desc,
                     self.a,
@@ -285,31 +308,66 @@ impl LtPlan {
                     self.d,
                     self.d,
                     pref,
-                )
-                .map_err(lt_err("no cuBLASLt algorithm for this FP8 matmul"))
+                    WANT as i32,
+                    results.as_mut_ptr(),
+                    &mut count,
+                );
+                if status != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    return Err(KernelError::Blas(format!("no cuBLASLt algorithm for this FP8 matmul: {status:?}")));
+                }
+                let algos: Vec<_> = results[..(count.max(0) as usize).min(WANT)]
+                    .iter()
+                    .filter(|r| r.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                    .map(|r| r.algo)
+                    .collect();
+                if algos.is_empty() {
+                    return Err(KernelError::Blas("no cuBLASLt algorithm for this FP8 matmul".into()));
+                }
+                Ok(algos)
             })
         };
         // SAFETY: created above.
         let _ = unsafe { cudarc::cublaslt::result::destroy_matmul_pref(pref) };
-        Ok(res?.algo)
+        res
+    }
+
+    /// Times each heuristic candidate on the real operands (a few runs each, CUDA events) and
+    /// keeps the fastest, as runtimes' autotuners do. Returns how many candidates were tried.
+    pub(crate) fn autotune<O>(&mut self, gpu: &Gpu, w: &CudaSlice<u8>, x: &CudaSlice<u8>, out: &mut CudaSlice<O>) -> KResult<usize> {
+        let candidates = self.candidates.clone();
+        let mut best = (f64::INFINITY, self.algo);
+        for algo in &candidates {
+            self.algo = *algo;
+            // A candidate that fails to run (e.g. workspace needs) is skipped.
+            let Ok(t) = crate::timing::median_micros(gpu, 5, || self.run(gpu, w, x, out)) else { continue };
+            if t < best.0 {
+                best = (t, *algo);
+            }
+        }
+        self.algo = best.1;
+        Ok(candidates.len())
     }
 
     /// Runs the planned matmul on `gpu`'s stream.
     pub(crate) fn run<O>(&self, gpu: &Gpu, w: &CudaSlice<u8>, x: &CudaSlice<u8>, out: &mut CudaSlice<O>) -> KResult<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
+        let alpha_ptr = match self.alpha_vec {
+            Some(p) => p as *const c_void,
+            None => &alpha as *const f32 as *const c_void,
+        };
         let stream = gpu.stream();
         let (wp, _gw) = w.device_ptr(stream);
         let (xp, _gx) = x.device_ptr(stream);
         let (op, _go) = out.device_ptr_mut(stream);
         let (ws, _gws) = self.blas.workspace.device_ptr(stream);
         // SAFETY: the layouts were built for exactly these buffers' shapes and types by
-        // `LtPlan::fp8`'s callers; alpha/beta are host f32 (default pointer mode); C aliases D
-        // with beta = 0, as cuBLASLt allows.
+        // `LtPlan::fp8`'s callers; alpha is a host f32 or (alpha-vector mode) a live device
+        // vector of D's row count, beta a host f32; C aliases D with beta = 0, as cuBLASLt allows.
         unsafe {
             cudarc::cublaslt::result::matmul(
                 self.blas.lt,
                 self.desc,
-                &alpha as *const f32 as *const c_void,
+                alpha_ptr,
                 &beta as *const f32 as *const c_void,
                 wp as *const c_void,
                 self.a,
@@ -328,3 +386,4 @@ impl LtPlan {
         .map_err(lt_err("cublasLtMatmul"))
     }
 }
+

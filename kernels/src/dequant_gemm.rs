@@ -16,8 +16,10 @@ use crate::timing::median_micros;
 /// Must equal `QTOOL_GEMV_MAX_M` in `kernels/cuda/qtool_common.cuh`.
 pub const GEMV_MAX_M: usize = 8;
 
-/// Threads per block of the warp-per-row GEMV kernels (4 rows per block).
-pub(crate) const GEMV_THREADS: u32 = 128;
+/// Threads per block of the row GEMV kernels (`QTOOL_GEMV_WARPS` warps).
+pub(crate) const GEMV_THREADS: u32 = 256;
+/// Output rows per block of the row GEMV kernels (`QTOOL_GEMV_WARPS * QTOOL_GEMV_RPW`).
+pub(crate) const GEMV_ROWS_PER_BLOCK: usize = 32;
 
 impl Gpu {
     /// Runs `gemv` (m ≤ [`GEMV_MAX_M`]) or `dequant` + cuBLAS on `x16` (activations in the

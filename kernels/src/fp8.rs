@@ -4,8 +4,11 @@
 //!   `absmax/448` computed on the GPU), then one cuBLASLt FP8 matmul applies both scales through
 //!   its A/B scale pointers (FP32 accumulation, no fast accumulation, FP32 output).
 //! - Per-channel: cuBLASLt `OUTER_VEC_32F` scaling of A (one scale per output channel, cuBLAS
-//!   12.9+) when it offers an algorithm; otherwise an unscaled-weight FP8 matmul followed by
-//!   qtool's `scale_cols` kernel on the FP32 output. [`GemmRun::backend`] says which ran.
+//!   12.9+) when it offers an algorithm, else cuBLASLt's per-row device alpha vector (an
+//!   epilogue scale of D's rows, which are the output channels), else an unscaled-weight FP8
+//!   matmul followed by qtool's `scale_cols` kernel. [`GemmRun::backend`] says which ran.
+//! - Accumulation: cuBLASLt "fast accumulation" by default, as FP8 runtimes use on Hopper
+//!   (CUTLASS FP8FastAccum); [`Fp8Options::fast_accum`] = false for FP32-promoted sums.
 //! - Block 128×128 (activations per 1×128 group): qtool's own kernel (`fp8_block_gemm`).
 //! - E5M2 weights: cuBLASLt's E5M2 × E4M3 combination (A = weights E5M2, B = activations
 //!   E4M3); the block kernel reads E5M2 directly.
@@ -15,6 +18,7 @@ use half::bf16;
 use cudarc::driver::{DevicePtr, PushKernelArg};
 
 use crate::blas::{ElemType, LtPlan, LtScale};
+use crate::dequant_gemm::{GEMV_MAX_M, GEMV_ROWS_PER_BLOCK, GEMV_THREADS};
 use crate::error::{check_len, KResult, KernelError};
 use crate::gemm_bf16::{bits_bf16, check_dims};
 use crate::gpu::Gpu;
@@ -25,13 +29,29 @@ use crate::KernelSource;
 
 const SRC: KernelSource = crate::kernel_source!("fp8");
 
-/// Which per-channel implementation to use (the tests run both).
+/// Which per-channel implementation to use (the tests run each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fp8Path {
-    /// cuBLASLt vector scales when available, else the post-scale kernel.
+    /// cuBLASLt outer-vector scales, else the alpha vector, else the post-scale kernel.
     Auto,
+    /// cuBLASLt's per-row alpha vector (an error when cuBLASLt has no algorithm for it).
+    AlphaVector,
     /// Always an unscaled-weight matmul plus the post-scale kernel.
     PostScale,
+}
+
+/// Knobs of [`Gpu::fp8_gemm_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fp8Options {
+    pub path: Fp8Path,
+    /// cuBLASLt fast accumulation (default true, what runtimes use).
+    pub fast_accum: bool,
+}
+
+impl Default for Fp8Options {
+    fn default() -> Self {
+        Fp8Options { path: Fp8Path::Auto, fast_accum: true }
+    }
 }
 
 impl Gpu {
@@ -51,10 +71,10 @@ impl Gpu {
         input_scale: Option<f32>,
         reps: usize,
     ) -> KResult<GemmRun> {
-        self.fp8_gemm_with(x, m, n, k, w, kind, scale, input_scale, Fp8Path::Auto, reps)
+        self.fp8_gemm_with(x, m, n, k, w, kind, scale, input_scale, Fp8Options::default(), reps)
     }
 
-    /// [`Gpu::fp8_gemm`] with an explicit per-channel path.
+    /// [`Gpu::fp8_gemm`] with explicit options.
     #[allow(clippy::too_many_arguments)]
     pub fn fp8_gemm_with(
         &self,
@@ -66,7 +86,7 @@ impl Gpu {
         kind: Fp8Kind,
         scale: &Fp8Scale,
         input_scale: Option<f32>,
-        path: Fp8Path,
+        opts: Fp8Options,
         reps: usize,
     ) -> KResult<GemmRun> {
         check_dims(m, n, k)?;
@@ -78,10 +98,10 @@ impl Gpu {
             }
         }
         match scale {
-            Fp8Scale::PerTensor(s) => self.fp8_lt(x, (m, n, k), w, kind, &[*s], false, input_scale, path, reps),
+            Fp8Scale::PerTensor(s) => self.fp8_lt(x, (m, n, k), w, kind, &[*s], false, input_scale, opts, reps),
             Fp8Scale::PerChannel(s) => {
                 check_len("per-channel scales", s.len(), n)?;
-                self.fp8_lt(x, (m, n, k), w, kind, s, true, input_scale, path, reps)
+                self.fp8_lt(x, (m, n, k), w, kind, s, true, input_scale, opts, reps)
             }
             Fp8Scale::Block128(s) => {
                 check_len("block scales", s.len(), n.div_ceil(128) * k.div_ceil(128))?;
@@ -105,9 +125,10 @@ impl Gpu {
         wscale: &[f32],
         per_channel: bool,
         input_scale: Option<f32>,
-        path: Fp8Path,
+        opts: Fp8Options,
         reps: usize,
     ) -> KResult<GemmRun> {
+        let fa = opts.fast_accum;
         let stream = self.stream().clone();
         let xd = self.upload(bits_bf16(x))?;
         let wd = self.upload(w)?;
@@ -122,24 +143,37 @@ impl Gpu {
             Fp8Kind::E5M2 => ElemType::E5M2,
         };
         let ptr = |s: &cudarc::driver::CudaSlice<f32>| s.device_ptr(&stream).0;
-        // Plan: vector scales in cuBLASLt, else scalar 1.0 on A and a post-scale.
-        let (plan, post_scale, how) = if !per_channel {
-            (LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, LtScale::Scalar, ptr(&ws), ptr(&xs), (m, n, k))?, false, "per-tensor")
+        // Plan: vector scales in cuBLASLt, else an alpha vector, else scalar 1.0 on A and a
+        // post-scale.
+        let plan_for = |mode: LtScale, a: u64| LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, mode, a, ptr(&xs), fa, (m, n, k));
+        // `None` plan: cuBLASLt has no algorithm at all (e.g. an E5M2 combination it lacks):
+        // qtool's own FP8 kernel with per-tensor activation and per-tensor/channel weight scales.
+        let (mut plan, post_scale, how): (Option<LtPlan>, bool, &str) = if !per_channel {
+            match plan_for(LtScale::Scalar, ptr(&ws)) {
+                Ok(p) => (Some(p), false, "per-tensor"),
+                Err(_) => (None, false, "per-tensor"),
+            }
         } else {
-            let vec = if path == Fp8Path::Auto {
-                LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, LtScale::OuterVec, ptr(&ws), ptr(&xs), (m, n, k)).ok()
-            } else {
-                None
+            let chosen = match opts.path {
+                Fp8Path::Auto => plan_for(LtScale::OuterVec, ptr(&ws))
+                    .map(|p| (p, "per-channel (cublaslt outer-vector scales)"))
+                    .or_else(|_| plan_for(LtScale::AlphaVec, ptr(&ws)).map(|p| (p, "per-channel (cublaslt alpha vector)")))
+                    .ok(),
+                Fp8Path::AlphaVector => Some((plan_for(LtScale::AlphaVec, ptr(&ws))?, "per-channel (cublaslt alpha vector)")),
+                Fp8Path::PostScale => None,
             };
-            match vec {
-                Some(p) => (p, false, "per-channel (cublaslt outer-vector scales)"),
-                None => (
-                    LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, LtScale::Scalar, ptr(&ones), ptr(&xs), (m, n, k))?,
-                    true,
-                    "per-channel (post-scale kernel)",
-                ),
+            match chosen {
+                Some((p, how)) => (Some(p), false, how),
+                None => match plan_for(LtScale::Scalar, ptr(&ones)) {
+                    Ok(p) => (Some(p), true, "per-channel (post-scale kernel)"),
+                    Err(_) => (None, false, "per-channel"),
+                },
             }
         };
+        let f_own = self.function(&SRC, "fp8_block_gemm")?;
+        let (zero, one, ws_rs) = (0i32, 1i32, per_channel as i32);
+        let e5m2 = (kind == Fp8Kind::E5M2) as i32;
+        let ki = k as i32;
         let f_amax = self.function(&SRC, "absmax_bf16")?;
         let f_quant = self.function(&SRC, "quant_e4m3_tensor")?;
         let f_scale = self.function(&SRC, "scale_cols")?;
@@ -147,6 +181,13 @@ impl Gpu {
         let quant_threads = (m * k).div_ceil(8).max(m * k % 8);
         let (mi, ni) = (m as i32, n as i32);
         let static_scale = input_scale.unwrap_or(1.0);
+        // When timing, pick the fastest of cuBLASLt's candidate algorithms first (the operands
+        // are already the real ones; xq's contents do not matter for speed).
+        if reps > 0 {
+            if let Some(p) = plan.as_mut() {
+                p.autotune(self, &wd, &xq, &mut out)?;
+            }
+        }
         let micros = median_micros(self, reps, || {
             if input_scale.is_none() {
                 stream.memset_zeros(&mut amax)?;
@@ -165,7 +206,15 @@ impl Gpu {
             }
             b.arg(&static_scale).arg(&mut xs).arg(&mut xq);
             launch(self, &f_quant, "quant_e4m3_tensor", b, config((blocks(quant_threads.max(1), 256)?, 1, 1), (256, 1, 1), 0))?;
-            plan.run(self, &wd, &xq, &mut out)?;
+            match &plan {
+                Some(p) => p.run(self, &wd, &xq, &mut out)?,
+                None => {
+                    let mut b = stream.launch_builder(&f_own);
+                    b.arg(&xq).arg(&xs).arg(&zero).arg(&zero).arg(&wd).arg(&e5m2).arg(&ws).arg(&one).arg(&ws_rs).arg(&zero);
+                    b.arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
+                    launch(self, &f_own, "fp8_block_gemm", b, config((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0))?;
+                }
+            }
             if post_scale {
                 let mut b = stream.launch_builder(&f_scale);
                 b.arg(&mut out).arg(&mi).arg(&ni).arg(&ws);
@@ -177,7 +226,14 @@ impl Gpu {
         Ok(GemmRun {
             out: self.download(&out)?,
             micros,
-            backend: format!("cublaslt fp8 {} {how}, {act}", kind_name(kind)),
+            backend: match plan {
+                Some(_) => format!(
+                    "cublaslt fp8 {} {how}, {act}, {}",
+                    kind_name(kind),
+                    if fa { "fast accum" } else { "fp32-promoted accum" }
+                ),
+                None => format!("qtool fp8 {} {how}, {act} (own kernel, CUDA cores: cuBLASLt had no algorithm)", kind_name(kind)),
+            },
         })
     }
 
@@ -200,20 +256,38 @@ impl Gpu {
         let mut out = self.zeros::<f32>(m * n)?;
         let f_q = self.function(&SRC, "quant_e4m3_group128")?;
         let f_g = self.function(&SRC, "fp8_block_gemm")?;
+        let f_dx = self.function(&SRC, "dequant_act_group128")?;
+        let f_v = self.function(&SRC, "gemv_fp8_block")?;
+        let small = m <= GEMV_MAX_M;
+        let mut xf = self.zeros::<f32>(if small { m * k } else { 1 })?;
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let e5m2 = (kind == Fp8Kind::E5M2) as i32;
         let micros = median_micros(self, reps, || {
             let mut b = stream.launch_builder(&f_q);
             b.arg(&xd).arg(&mi).arg(&ki).arg(&mut xq).arg(&mut xs);
             launch(self, &f_q, "quant_e4m3_group128", b, config((blocks(m * kb * 32, 256)?, 1, 1), (256, 1, 1), 0))?;
+            let (kbi, one, blk) = (kb as i32, 1i32, 128i32);
+            if small {
+                let mut b = stream.launch_builder(&f_dx);
+                b.arg(&xq).arg(&xs).arg(&mi).arg(&ki).arg(&mut xf);
+                launch(self, &f_dx, "dequant_act_group128", b, config((blocks(m * k, 256)?, 1, 1), (256, 1, 1), 0))?;
+                let mut b = stream.launch_builder(&f_v);
+                b.arg(&wd).arg(&ws).arg(&kbi).arg(&e5m2).arg(&xf).arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
+                return launch(self, &f_v, "gemv_fp8_block", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0));
+            }
             let mut b = stream.launch_builder(&f_g);
-            b.arg(&xq).arg(&xs).arg(&wd).arg(&e5m2).arg(&ws).arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
+            b.arg(&xq).arg(&xs).arg(&kbi).arg(&one).arg(&wd).arg(&e5m2).arg(&ws).arg(&blk).arg(&kbi).arg(&one);
+            b.arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
             launch(self, &f_g, "fp8_block_gemm", b, config((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0))
         })?;
         Ok(GemmRun {
             out: self.download(&out)?,
             micros,
-            backend: format!("qtool fp8 block-128 {} (own kernel, CUDA cores)", kind_name(kind)),
+            backend: if small {
+                format!("qtool fp8 block-128 {} gemv (own kernel, CUDA cores)", kind_name(kind))
+            } else {
+                format!("qtool fp8 block-128 {} tiled (own kernel, CUDA cores)", kind_name(kind))
+            },
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::gemm_bf16::{bits_bf16, check_dims};
 use crate::gpu::Gpu;
 use crate::launch::{blocks, config, launch};
 use crate::ops::{GemmRun, GgmlType};
-use crate::dequant_gemm::GEMV_THREADS;
+use crate::dequant_gemm::{GEMV_ROWS_PER_BLOCK, GEMV_THREADS};
 use crate::KernelSource;
 
 const SRC: KernelSource = crate::kernel_source!("gguf");
@@ -50,7 +50,6 @@ impl Gpu {
         let f_deq = self.function(&SRC, &format!("dequant_{suffix}"))?;
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
         let xvec = (k % 4 == 0) as i32;
-        let rows_per_block = (GEMV_THREADS / 32) as usize;
         self.dequant_gemm(
             (m, n, k),
             reps,
@@ -62,7 +61,7 @@ impl Gpu {
             |out| {
                 let mut b = stream.launch_builder(&f_gemv);
                 b.arg(&wd).arg(&row_bytes).arg(&xd).arg(&xvec).arg(&mi).arg(&ni).arg(&ki).arg(out);
-                launch(self, &f_gemv, "gguf gemv", b, config((blocks(n, rows_per_block)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
+                launch(self, &f_gemv, "gguf gemv", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
             },
             |w16| {
                 let mut b = stream.launch_builder(&f_deq);

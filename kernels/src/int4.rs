@@ -5,7 +5,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
 use crate::blas::ElemType;
-use crate::dequant_gemm::GEMV_THREADS;
+use crate::dequant_gemm::{GEMV_ROWS_PER_BLOCK, GEMV_THREADS};
 use crate::error::{check_len, KResult, KernelError};
 use crate::gemm_bf16::{bits_f16, check_dims};
 use crate::gpu::Gpu;
@@ -155,7 +155,7 @@ impl Gpu {
                 }
             },
             |w16| {
-                let words = if gptq { k / 8 * n } else { k * n / 8 };
+                let words = if gptq { k / 8 * n } else { k.div_ceil(8) * n / 8 };
                 let mut b = stream.launch_builder(&f_deq);
                 b.arg(&qw).arg(&qz).arg(&sc);
                 if gptq {
@@ -222,7 +222,7 @@ impl Gpu {
                     None => b.arg(&null),
                 };
                 b.arg(&gs).arg(&gn).arg(&xd).arg(&xvec).arg(&mi).arg(&ni).arg(&ki).arg(out);
-                launch(self, &f_gemv, "ct gemv", b, config((blocks(n, (GEMV_THREADS / 32) as usize)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
+                launch(self, &f_gemv, "ct gemv", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
             },
             |w16| {
                 let mut b = stream.launch_builder(&f_deq);

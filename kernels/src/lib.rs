@@ -28,7 +28,7 @@ pub mod fp8;
 
 pub use error::{KResult, KernelError};
 pub use dequant_gemm::GEMV_MAX_M;
-pub use fp8::Fp8Path;
+pub use fp8::{Fp8Options, Fp8Path};
 pub use gpu::Gpu;
 pub use nvrtc::{arch_for, compile_for_arch, KernelSource};
 pub use ops::{Fp8Kind, Fp8Scale, GemmRun, GgmlType, Int4Weights, NibbleOrder, ScaleLayout};

@@ -11,10 +11,11 @@
 //! locks live in [`MarlinWorkspace`]; every complete launch leaves them at zero again, so one
 //! zeroed allocation serves any number of launches on the stream.
 
-use cudarc::driver::sys::CUdevice_attribute as DevAttr;
+use cudarc::driver::sys::{CUdevice_attribute as DevAttr, CUfunction_attribute as FnAttr};
 use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
 use half::f16;
 
+use crate::blas::ElemType;
 use crate::error::{check_len, KResult, KernelError};
 use crate::gpu::Gpu;
 use crate::launch::{config, launch};
@@ -42,37 +43,54 @@ pub struct MarlinConfig {
     pub k_tiles: usize,
     /// cp.async pipeline depth.
     pub stages: usize,
+    /// CTAs per SM the kernel's registers were budgeted for (`__launch_bounds__`).
+    pub min_blocks: usize,
 }
 
-/// The (n_chunks, k_tiles, stages) shapes instantiated in marlin.cu, each for m_blocks 1..=4.
-pub const MARLIN_TILES: [(usize, usize, usize); 9] = [
-    (2, 8, 4),
-    (2, 8, 6),
-    (2, 8, 8),
-    (4, 8, 3),
-    (4, 8, 4),
-    (4, 8, 6),
-    (4, 4, 4),
-    (4, 4, 6),
-    (1, 8, 4),
+/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks)` instantiated in marlin.cu.
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize); 19] = [
+    (1, 2, 8, 4, 1),
+    (2, 2, 8, 4, 1),
+    (3, 2, 8, 4, 1),
+    (4, 2, 8, 4, 1),
+    (1, 4, 8, 4, 1),
+    (2, 4, 8, 4, 1),
+    (3, 4, 8, 4, 1),
+    (4, 4, 8, 4, 1),
+    (1, 1, 8, 4, 1),
+    (2, 1, 8, 4, 1),
+    (3, 1, 8, 4, 1),
+    (4, 1, 8, 4, 1),
+    (1, 2, 8, 4, 2),
+    (1, 4, 8, 3, 2),
+    (1, 4, 4, 4, 2),
+    (1, 1, 16, 4, 2),
+    (1, 2, 16, 3, 1),
+    (1, 2, 16, 3, 2),
+    (1, 4, 16, 3, 1),
 ];
 
 impl MarlinConfig {
+    pub const fn new(
+        m_blocks: usize,
+        n_chunks: usize,
+        k_tiles: usize,
+        stages: usize,
+        min_blocks: usize,
+    ) -> Self {
+        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks }
+    }
+
     /// Every configuration compiled into marlin.cu.
     pub fn all() -> Vec<MarlinConfig> {
-        MARLIN_TILES
-            .iter()
-            .flat_map(|&(n_chunks, k_tiles, stages)| {
-                (1..=4).map(move |m_blocks| MarlinConfig { m_blocks, n_chunks, k_tiles, stages })
-            })
-            .collect()
+        MARLIN_CONFIGS.iter().map(|&(m, n, k, s, o)| MarlinConfig::new(m, n, k, s, o)).collect()
     }
 
     /// The kernel's `extern "C"` name.
     pub fn kernel_name(&self) -> String {
         format!(
-            "marlin_w4a16_m{}_n{}_k{}_s{}",
-            self.m_blocks, self.n_chunks, self.k_tiles, self.stages
+            "marlin_w4a16_m{}_n{}_k{}_s{}_o{}",
+            self.m_blocks, self.n_chunks, self.k_tiles, self.stages, self.min_blocks
         )
     }
 
@@ -95,9 +113,9 @@ impl MarlinConfig {
         self.stages * (a + b + s) + red
     }
 
-    /// Whether this configuration can run an `n`-column problem.
-    pub fn fits_n(&self, n: usize) -> bool {
-        n % self.tile_n() == 0
+    /// Whether this configuration's tile divides an `n × k` weight.
+    pub fn fits(&self, n: usize, k: usize) -> bool {
+        n % self.tile_n() == 0 && k % self.tile_k() == 0
     }
 }
 
@@ -106,21 +124,22 @@ fn m_blocks_for(m: usize) -> usize {
     m.div_ceil(16).clamp(1, 4)
 }
 
-/// The default configuration for an `m × n` problem on a device with `smem_optin` bytes of
-/// shared memory per block: 128×128 tiles with a deep pipeline for one 16-row pass (m ≤ 16,
-/// weight-streaming), 256×64 tiles when the activation tile is larger; the first preference
-/// that divides `n` and fits the device wins.
-pub fn default_config(m: usize, n: usize, smem_optin: usize) -> Option<MarlinConfig> {
+/// The default configuration for an `m`-row problem on an `n × k` weight, on a device with
+/// `smem_optin` bytes of shared memory per block: the first preference that divides the weight
+/// and fits the device (benchmarked on an H200, kernels/examples/bench_marlin.rs).
+pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option<MarlinConfig> {
     let m_blocks = m_blocks_for(m);
-    let prefs: &[(usize, usize, usize)] = if m_blocks == 1 {
-        &[(2, 8, 6), (2, 8, 4), (1, 8, 4)]
+    let prefs: &[(usize, usize, usize, usize)] = if m_blocks == 1 {
+        &[(2, 8, 4, 1), (4, 8, 4, 1), (1, 8, 4, 1)]
+    } else if m_blocks == 4 {
+        &[(4, 8, 4, 1), (2, 8, 4, 1), (1, 8, 4, 1)]
     } else {
-        &[(4, 4, 4), (2, 8, 4), (1, 8, 4)]
+        &[(2, 8, 4, 1), (4, 8, 4, 1), (1, 8, 4, 1)]
     };
     prefs
         .iter()
-        .map(|&(n_chunks, k_tiles, stages)| MarlinConfig { m_blocks, n_chunks, k_tiles, stages })
-        .find(|c| c.fits_n(n) && c.smem_bytes() <= smem_optin)
+        .map(|&(nc, kt, st, o)| MarlinConfig::new(m_blocks, nc, kt, st, o))
+        .find(|c| c.fits(n, k) && c.smem_bytes() <= smem_optin)
 }
 
 /// How a Marlin problem is grouped along k.
@@ -153,11 +172,11 @@ impl MarlinGroups {
         }
     }
 
-    /// The kernel's `group` argument: 0 selects the per-channel path.
+    /// The kernel's `group_log2` argument: 0 selects the per-channel path.
     fn kernel_arg(self) -> i32 {
         match self {
             MarlinGroups::PerChannel => 0,
-            MarlinGroups::Grouped(g) => g as i32,
+            MarlinGroups::Grouped(g) => g.trailing_zeros() as i32,
         }
     }
 }
@@ -249,7 +268,7 @@ impl MarlinPlan {
             gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
         let config = match config {
             Some(c) => c,
-            None => default_config(m, w.n, optin).ok_or_else(|| {
+            None => default_config(m, w.n, w.k, optin).ok_or_else(|| {
                 KernelError::Unsupported(format!(
                     "no Marlin tile fits n = {} in {optin} B of shared memory",
                     w.n
@@ -268,7 +287,7 @@ impl MarlinPlan {
                 config.smem_bytes()
             )));
         }
-        if !config.fits_n(w.n) || w.k % config.tile_k() != 0 {
+        if !config.fits(w.n, w.k) {
             return Err(KernelError::Shape(format!(
                 "{}: tile {}×{} does not divide n = {}, k = {}",
                 config.kernel_name(),
@@ -279,12 +298,22 @@ impl MarlinPlan {
             )));
         }
         // Every CTA of the grid must be resident at once (a CTA may wait on a higher one's
-        // lock), so the grid never exceeds the SM count.
-        let sms = gpu.sm_count()? as usize;
+        // lock), so the grid never exceeds what the occupancy calculator says fits.
+        let func = gpu.function(&MARLIN_SOURCE, &config.kernel_name())?;
+        let smem = config.smem_bytes();
+        func.set_attribute(FnAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+        let resident =
+            func.occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)? as usize;
+        if resident == 0 {
+            return Err(KernelError::Unsupported(format!(
+                "{} cannot be resident on this GPU",
+                config.kernel_name()
+            )));
+        }
+        let sms = gpu.sm_count()? as usize * resident.min(config.min_blocks);
         let passes = m.div_ceil(16 * config.m_blocks);
         let total = passes * (w.n / config.tile_n()) * (w.k / config.tile_k());
         let (grid, iters) = stripes(total, sms);
-        let func = gpu.function(&MARLIN_SOURCE, &config.kernel_name())?;
         Ok(MarlinPlan { config, grid: grid as u32, iters: iters as i32, func })
     }
 
@@ -308,7 +337,7 @@ impl MarlinPlan {
         check_len("Marlin out", out.len(), m * w.n)?;
         let (mi, ni, ki, gi) = (m as i32, w.n as i32, w.k as i32, w.groups.kernel_arg());
         let mut args = gpu.stream().launch_builder(&self.func);
-        // marlin_w4a16_*(A, B, S, C, locks, m, n, k, group, iters)
+        // marlin_w4a16_*(A, B, S, C, locks, m, n, k, group_log2, iters)
         args.arg(x).arg(&w.b).arg(&w.s).arg(out).arg(&mut ws.locks);
         args.arg(&mi).arg(&ni).arg(&ki).arg(&gi).arg(&self.iters);
         let cfg = config((self.grid, 1, 1), (THREADS, 1, 1), self.config.smem_bytes() as u32);
@@ -322,6 +351,22 @@ pub fn stripes(total: usize, sms: usize) -> (usize, usize) {
     let grid0 = sms.clamp(1, total.max(1));
     let iters = total.div_ceil(grid0).max(1);
     (total.div_ceil(iters).max(1), iters)
+}
+
+/// cuBLAS BF16 exactly as `Gpu::gemm_bf16` calls it (BF16 in, FP32 accumulate, BF16 out), on
+/// device-resident operands: `x [m, k]` and `w [n, k]` as bf16 bits, `out` 2·m·n bytes. The
+/// Marlin benchmark queues it exactly like its own launches so both sides are timed the same way.
+pub fn cublas_bf16_device(
+    gpu: &Gpu,
+    x: &CudaSlice<u16>,
+    w: &CudaSlice<u16>,
+    out: &mut CudaSlice<u8>,
+    (m, n, k): (usize, usize, usize),
+) -> KResult<()> {
+    check_len("bf16 x", x.len(), m * k)?;
+    check_len("bf16 w", w.len(), n * k)?;
+    check_len("bf16 out bytes", out.len(), m * n * 2)?;
+    crate::blas::gemm_16(gpu, x, w, ElemType::Bf16, out, ElemType::Bf16, (m, n, k))
 }
 
 impl Gpu {
@@ -523,17 +568,53 @@ mod tests {
 
     #[test]
     fn default_configs_divide_the_benchmark_shapes() {
-        for n in [8192, 11008, 4096, 28672, 64, 192] {
+        for (n, k) in
+            [(8192, 8192), (11008, 4096), (4096, 11008), (28672, 8192), (64, 128), (192, 384)]
+        {
             for m in [1, 7, 16, 33, 64, 128] {
-                let c = default_config(m, n, 227 * 1024).unwrap();
-                assert!(c.fits_n(n), "{c:?} n = {n}");
+                let c = default_config(m, n, k, 227 * 1024).unwrap();
+                assert!(c.fits(n, k), "{c:?} n = {n}");
                 assert_eq!(c.m_blocks, m_blocks_for(m));
+                assert!(MarlinConfig::all().contains(&c));
             }
         }
         // a 99 KiB device (sm_86/89) still gets a configuration
         for m in [1, 64] {
-            assert!(default_config(m, 8192, 99 * 1024).is_some());
+            assert!(default_config(m, 8192, 8192, 99 * 1024).is_some());
         }
+    }
+
+    /// `MARLIN_CONFIGS` lists exactly the entry points the .cu instantiates.
+    #[test]
+    fn configs_match_the_kernel_entries() {
+        let nums = |args: &str| -> Vec<usize> {
+            args.split(',').map(|a| a.trim().parse().unwrap()).collect()
+        };
+        let mut entries = Vec::new();
+        for line in
+            MARLIN_SOURCE.code.lines().filter(|l| !l.starts_with("#define") && !l.starts_with(' '))
+        {
+            if let Some(args) =
+                line.strip_prefix("MARLIN_ENTRY_MB(").and_then(|r| r.strip_suffix(')'))
+            {
+                let v = nums(args);
+                entries.extend(
+                    (1..=4).map(|mb| MarlinConfig::new(mb, v[0], v[1], v[2], 1).kernel_name()),
+                );
+            } else if let Some(args) =
+                line.strip_prefix("MARLIN_ENTRY(").and_then(|r| r.strip_suffix(')'))
+            {
+                let v = nums(args);
+                entries.push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4]).kernel_name());
+            }
+        }
+        let mut names: Vec<String> = MarlinConfig::all().iter().map(|c| c.kernel_name()).collect();
+        entries.sort();
+        names.sort();
+        assert_eq!(entries, names);
+        assert!(MARLIN_SOURCE
+            .code
+            .contains("marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use cudarc::driver::PushKernelArg;
 use half::bf16;
 
 use crate::blas::ElemType;
-use crate::dequant_gemm::GEMV_THREADS;
+use crate::dequant_gemm::{GEMV_ROWS_PER_BLOCK, GEMV_THREADS};
 use crate::error::{check_len, KResult, KernelError};
 use crate::gemm_bf16::{bits_bf16, check_dims};
 use crate::gpu::Gpu;
@@ -86,7 +86,7 @@ impl Gpu {
                 let mut b = stream.launch_builder(&f_gemv);
                 b.arg(&wd).arg(&row_bytes_u).arg(&sd).arg(&scale_cols_i).arg(&swz).arg(&even_high).arg(&global);
                 b.arg(&xd).arg(&xvec).arg(&mi).arg(&ni).arg(&ki).arg(out);
-                launch(self, &f_gemv, "nvfp4 gemv", b, config((blocks(n, (GEMV_THREADS / 32) as usize)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
+                launch(self, &f_gemv, "nvfp4 gemv", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
             },
             |w16| {
                 let mut b = stream.launch_builder(&f_deq);

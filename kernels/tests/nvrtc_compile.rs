@@ -6,11 +6,16 @@
 use qtool_kernels::{compile_for_arch, nvrtc, KernelError, KernelSource};
 
 fn sources() -> Vec<KernelSource> {
+    // QTOOL_NVRTC_ONLY=fp8,int4 limits the sweep to those files (quick local checks).
+    let only = std::env::var("QTOOL_NVRTC_ONLY").ok();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("kernels/cuda exists")
         .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .filter(|p| {
+            only.as_deref().is_none_or(|o| o.split(',').any(|n| p.file_stem().is_some_and(|s| s == n.trim())))
+        })
         .collect();
     files.sort();
     files
@@ -41,6 +46,11 @@ fn every_kernel_compiles_for_every_arch() {
     let mut targets = vec!["sm_80", "sm_86", "sm_89", "sm_90a"];
     if archs.contains(&100) {
         targets.push("sm_100a");
+    }
+    // QTOOL_NVRTC_ARCHS=sm_90a (comma-separated) narrows the sweep for quick local checks.
+    let narrowed = std::env::var("QTOOL_NVRTC_ARCHS").ok();
+    if let Some(list) = narrowed.as_deref() {
+        targets = list.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
     }
     let srcs = sources();
     assert!(!srcs.is_empty(), "no kernel sources in kernels/cuda");

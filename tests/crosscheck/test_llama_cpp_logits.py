@@ -8,8 +8,9 @@ perplexity of a fixed text (n_ctx 256, computed here in float64 from llama.cpp's
 position: exactly equal). As a check that the quantized model is a working model at all, its
 perplexity must stay within 25% of the F16 model's on the same text.
 
-Recorded (llama-cpp-python 0.3.36, 2 threads, 2026-11-21): 214-token text, perplexity F16
-17.31, Q4_K_M 18.68 for both files; prompt logits equal in all 49152 × 7 values.
+Recorded (llama-cpp-python 0.3.36, 2 threads, 2026-11-21): 239-token text, perplexity F16
+38.1299, Q4_K_M 39.7669 for both files (bit-equal float64); the 13-token prompt's logits
+(13 × 49152) equal bit for bit; max |Q4_K_M − F16| logit difference 7.42.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason=SKIP_REASON)
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
-# A fixed English text (written for this test), a little over 200 tokens with SmolLM2's tokenizer.
+# A fixed English text (written for this test), about 240 tokens with SmolLM2's tokenizer.
 TEXT = (
     "The river begins as a thin stream high in the mountains, fed by snow that melts a little "
     "more each spring. By the time it reaches the first village it is wide enough for a wooden "
@@ -37,7 +38,9 @@ TEXT = (
     "The worst of them, he says, came in a year when the snow fell late and melted all at once. "
     "Below the town the river meets its largest tributary and becomes deep enough for boats. "
     "Barges carry timber, stone and grain to the coast, where the water spreads into a broad "
-    "delta of reeds and sand before it finally reaches the sea."
+    "delta of reeds and sand before it finally reaches the sea. Birds gather there in their "
+    "thousands every autumn, resting on the mud flats before they fly south for the winter, and "
+    "fishermen from the coastal villages set their nets where the fresh water meets the salt."
 )
 
 N_CTX = 256
@@ -86,7 +89,7 @@ def test_qtool_q4_k_m_gives_llama_cpps_logits_and_perplexity(models):
         llm = _llama(path)
         prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
         text = llm.tokenize(TEXT.encode(), add_bos=True)[:N_CTX]
-        assert 200 <= len(text) <= N_CTX, len(text)
+        assert 230 <= len(text) <= N_CTX, len(text)
         results[name] = (_logits(llm, prompt), _perplexity(_logits(llm, text), text), len(text))
         del llm
 

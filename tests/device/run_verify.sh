@@ -5,7 +5,9 @@
 # Build here (no Rust on the device), then run there from the repository root:
 #   cargo build --release -p qtool -p qtool-verify --example corrupt
 #   mkdir -p .dev/verify && cp target/release/qtool target/release/examples/corrupt .dev/verify/
+#   strip .dev/verify/*                              (11 MB instead of 105 MB with line tables)
 #   run: bash tests/device/run_verify.sh            carry: [".dev/verify"]
+# Environment: BATCH (default 1,16,128), REPS (20), LIMIT (seconds per verify run, 60).
 # Optional: SMOL_GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf adds the real model (verified as
 # is, and requantized to Q4_K_M and checked against its own F16 conversion).
 #
@@ -64,8 +66,10 @@ EOF
 verify() { # label expected_rc path [expected failing layers] [extra args...]
   local label=$1 want=$2 path=$3 failing=${4:-}
   shift 4
-  "$Q" --json verify "$path" --batch "$BATCH" --reps "$REPS" "$@" >"$W/$label.json" 2>"$W/$label.err"
+  local t0=$SECONDS
+  timeout "${LIMIT:-60}" "$Q" --json verify "$path" --batch "$BATCH" --reps "$REPS" "$@" >"$W/$label.json" 2>"$W/$label.err"
   local rc=$?
+  printf '[%3ds] ' $((SECONDS - t0))
   summarize "$label" "$rc" "$W/$label.json" "$failing" || bad=1
   if [ "$rc" != "$want" ]; then
     echo "    EXPECTED rc=$want; stderr: $(head -c 400 "$W/$label.err")"
@@ -137,6 +141,7 @@ fi
 
 echo "== table of one run (marlin)"
 "$Q" verify "$W/marlin" --batch "$BATCH" --reps "$REPS" --filter 'layers\.0\.' 2>&1 | tail -n 30
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/verify_json" && cp "$W"/*.json "$OUT/verify_json/" 2>/dev/null; fi
 rm -rf "$W"
 if [ "$bad" = 0 ]; then echo "run_verify: PASS"; else echo "run_verify: FAIL"; fi
 exit "$bad"

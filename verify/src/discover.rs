@@ -41,7 +41,7 @@ pub enum Nvfp4Layout {
 /// Which tool's int packing a layer uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntFamily {
-    /// `qweight`/`qzeros`/`scales`[/`g_idx`]; `v2` when zero points are stored as true zeros.
+    /// `qweight`/`qzeros`/`scales` (and `g_idx`); `v2` when zero points are stored as true zeros.
     Gptq {
         v2: bool,
     },

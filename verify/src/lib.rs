@@ -5,7 +5,7 @@
 //! - [`activations`]: seeded inputs; [`gemm`]: the FP32 CPU reference GEMM; [`metrics`]: errors;
 //! - [`tolerance`]: the kernel per layout and its named tolerance, and the REF-check limit;
 //! - [`expected`]: the error a correct file of a scheme has against the original weights;
-//! - [`reference`]: `--ref` weights paired with the candidate's layers;
+//! - [`reference`](mod@reference): `--ref` weights paired with the candidate's layers;
 //! - [`runner`]: one layer at every batch size, through a [`runner::Backend`];
 //!   [`gpu`]: the backend over `qtool_kernels`; [`report`]: the JSON document;
 //! - [`corrupt`]: deliberately damaged copies of real checkpoints, for the tests that show the

@@ -80,6 +80,7 @@ pub struct Summary {
     pub failed: usize,
     pub skipped: usize,
     pub failing: Vec<String>,
+    /// No layer failed and at least one passed.
     pub pass: bool,
 }
 
@@ -99,13 +100,43 @@ impl Summary {
         let count = |s: Status| layers.iter().filter(|l| l.status == s).count();
         let failing: Vec<String> =
             layers.iter().filter(|l| l.status == Status::Fail).map(|l| l.name.clone()).collect();
+        let passed = count(Status::Pass);
         Summary {
             layers: layers.len(),
-            passed: count(Status::Pass),
+            passed,
             failed: failing.len(),
             skipped: count(Status::Skipped),
-            pass: failing.is_empty(),
+            // A run that verified nothing (every layer skipped) has not shown the file is good.
+            pass: failing.is_empty() && passed > 0,
             failing,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(name: &str, status: Status) -> LayerReport {
+        LayerReport {
+            name: name.into(),
+            layout: "Q4_K".into(),
+            kernel: None,
+            shape: [1, 1],
+            status,
+            reason: None,
+            batches: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn summary_verdicts() {
+        let s = Summary::of(&[layer("a", Status::Pass), layer("b", Status::Skipped)]);
+        assert!(s.pass && s.passed == 1 && s.skipped == 1);
+        let s = Summary::of(&[layer("a", Status::Pass), layer("b", Status::Fail)]);
+        assert!(!s.pass);
+        assert_eq!(s.failing, ["b"]);
+        let s = Summary::of(&[layer("a", Status::Skipped)]);
+        assert!(!s.pass, "nothing verified is not a pass");
     }
 }

@@ -10,7 +10,7 @@
 //! machine's FMA peak.
 //!
 //! Threads come from rayon, not from matrixmultiply: the output is split into column panels of
-//! a fixed width ([`PANEL`]), one task each. Each output element is still computed by one
+//! a width that depends only on the shape ([`panel_width`]), one task each. Each output element is still computed by one
 //! micro-kernel call per `k`-block in the same order whatever the split, so results do not
 //! depend on the thread count.
 
@@ -82,12 +82,16 @@ impl Matrix {
     }
 }
 
-/// Output columns per parallel task. Fixed (not derived from the thread count) so that the work
-/// split, and with it every rounding, is the same on any machine.
-pub const PANEL: usize = 64;
+/// Output columns per parallel task: about 16 tasks, in multiples of 64 columns, at most 1024.
+/// A function of `n` alone (never of the thread count), so the work split, and with it every
+/// rounding, is the same on any machine. Wide panels matter for the head (`n` = vocabulary):
+/// every task packs all of `x` once, so 64-column panels would copy `x` a thousand times.
+pub fn panel_width(n: usize) -> usize {
+    (n.div_ceil(16).div_ceil(64) * 64).clamp(64, 1024)
+}
 
 /// `c[m, n] = a[m, k] · b[n, k]ᵀ` with row strides `lda`, `ldb`, `ldc` (elements), unit column
-/// strides; `c` is overwritten. Splits `n` into [`PANEL`]-wide tasks on the rayon pool.
+/// strides; `c` is overwritten. Splits `n` into [`panel_width`] tasks on the rayon pool.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_xwt(
     m: usize,
@@ -115,11 +119,12 @@ pub fn gemm_xwt(
         return;
     }
     let c_ptr = SendPtr(c.as_mut_ptr());
-    let panels = n.div_ceil(PANEL);
+    let panel = panel_width(n);
+    let panels = n.div_ceil(panel);
     let work = m * k * n;
     let run = |p: usize| {
-        let j0 = p * PANEL;
-        let nj = PANEL.min(n - j0);
+        let j0 = p * panel;
+        let nj = panel.min(n - j0);
         let c_ptr = &c_ptr;
         // SAFETY: a, b and c were checked above to hold every element the strides address;
         // panel `p` writes only columns j0..j0+nj of c, disjoint from every other panel.

@@ -164,6 +164,7 @@ impl<'c> WeightReader<'c> {
             };
             res.map_err(|e| EngineError::tensor(self.ckpt.path(), &t.name, e.to_string()))
         })?;
+        self.release(t);
         if let Some(bad) = out.iter().position(|x| !x.is_finite()) {
             return Err(EngineError::tensor(
                 self.ckpt.path(),

@@ -49,12 +49,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
     move |e| state_err(path, e.to_string())
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file and a rename: an interrupted process
+/// (Ctrl-C, out of memory) leaves either the old or the new file. No fsync: hundreds of small
+/// files per block would cost more than the block's arithmetic, and surviving a power loss is
+/// not what `--resume` is for.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io_err(path))
 }

@@ -6,7 +6,8 @@
 //! All the work is `qtool_verify`; this module parses, checks the input before touching the GPU
 //! (so a checkpoint with nothing to verify says so even on a machine without one), prints a
 //! table or the JSON report, and turns the verdict into the exit code: 0 every layer passed, 1
-//! some layer failed (named in the table / `summary.failing`), 2 bad input or no usable GPU.
+//! some layer failed (named in the table / `summary.failing`) or every layer was skipped, 2 bad
+//! input or no usable GPU.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -247,6 +248,9 @@ fn render(report: &Report) -> String {
     ));
     for l in report.layers.iter().filter(|l| l.status == Status::Skipped && !l.batches.is_empty()) {
         text.push_str(&format!("skipped {}: {}\n", l.name, l.reason.as_deref().unwrap_or("")));
+    }
+    if s.passed == 0 && s.failed == 0 {
+        text.push_str("nothing verified: every layer was skipped\n");
     }
     for l in report.layers.iter().filter(|l| l.status == Status::Fail) {
         text.push_str(&format!("FAIL {}: {}\n", l.name, l.reason.as_deref().unwrap_or("")));

@@ -12,6 +12,7 @@
 //! (docs/PERFORMANCE.md).
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use qtool_formats::{TensorRef, TensorSink, TensorSource};
 use rayon::prelude::*;
@@ -58,6 +59,8 @@ pub fn run_with(
     pre: Option<&dyn Precomputed>,
 ) -> Result<(), ExportError> {
     let max_window = (rayon::current_num_threads() * 2).max(2);
+    let largest = plan.entries.iter().map(|e| f32_bytes(e)).max().unwrap_or(0);
+    let pool = BufferPool::new(largest.max(WINDOW_BYTES));
     let mut start = 0;
     while start < plan.entries.len() {
         let mut end = start;
@@ -72,7 +75,7 @@ pub fn run_with(
         }
         let window = &plan.entries[start..end];
         let results: Vec<Result<Vec<Cow<'_, [u8]>>, ExportError>> =
-            window.par_iter().map(|e| produce(source, plan, e, pre)).collect();
+            window.par_iter().map(|e| produce(source, plan, e, pre, &pool)).collect();
         for (entry, result) in window.iter().zip(results) {
             let parts = result?;
             for (out, bytes) in entry.outputs.iter().zip(&parts) {
@@ -99,8 +102,59 @@ pub fn run_with(
 /// Memory an entry needs while in flight: nothing for a copy (it is written from the mapping).
 fn working_bytes(e: &PlanEntry) -> u64 {
     match &e.action {
-        Action::Quantize(l) => (l.rows as u64 * l.cols as u64) * 4 + e.bytes_out(),
+        Action::Quantize(_) => f32_bytes(e) + e.bytes_out(),
         _ => 0,
+    }
+}
+
+/// Bytes of an entry's decoded f32 copy.
+fn f32_bytes(e: &PlanEntry) -> u64 {
+    match &e.action {
+        Action::Quantize(l) => (l.rows as u64 * l.cols as u64) * 4,
+        _ => 0,
+    }
+}
+
+/// Decoded-f32 buffers kept between layers. A fresh multi-hundred-MB allocation is new pages
+/// the kernel must fault in and zero (as much system time as the quantization itself); a kept
+/// buffer is already resident. Idle buffers are dropped before an allocation would push the
+/// kept plus new bytes past `cap` (the largest layer's f32 size, at least a window), so memory
+/// stays within the bound the module doc states.
+struct BufferPool {
+    idle: Mutex<Vec<Vec<f32>>>,
+    cap: u64,
+}
+
+impl BufferPool {
+    fn new(cap: u64) -> Self {
+        BufferPool { idle: Mutex::new(Vec::new()), cap }
+    }
+
+    /// A buffer of exactly `n` elements (contents unspecified: the caller overwrites them).
+    fn take(&self, n: usize) -> Vec<f32> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let fit = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= n)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = fit {
+            let mut v = idle.swap_remove(i);
+            v.resize(n, 0.0);
+            return v;
+        }
+        let bytes = |vs: &Vec<Vec<f32>>| vs.iter().map(|v| v.capacity() as u64 * 4).sum::<u64>();
+        while !idle.is_empty() && bytes(&idle) + n as u64 * 4 > self.cap {
+            let largest = (0..idle.len()).max_by_key(|&i| idle[i].capacity()).unwrap_or(0);
+            idle.swap_remove(largest);
+        }
+        drop(idle);
+        vec![0f32; n]
+    }
+
+    fn give(&self, v: Vec<f32>) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(v);
     }
 }
 
@@ -109,6 +163,7 @@ fn produce<'a>(
     plan: &QuantizePlan,
     e: &'a PlanEntry,
     pre: Option<&dyn Precomputed>,
+    pool: &BufferPool,
 ) -> Result<Vec<Cow<'a, [u8]>>, ExportError> {
     if let Some(parts) = pre.and_then(|p| p.parts(e)) {
         return Ok(parts?.into_iter().map(Cow::Owned).collect());
@@ -123,7 +178,7 @@ fn produce<'a>(
             let info = &source.tensors()[i];
             let path = || source.files()[info.file].clone();
             let tensor = TensorRef { info, data: source.data(info) };
-            let w = decode_parallel(tensor)
+            let w = decode_parallel(tensor, pool)
                 .map_err(|source| ExportError::Decode { path: path(), source })?;
             source.release(info);
             let parts = match &plan.int {
@@ -138,6 +193,7 @@ fn produce<'a>(
                     },
                 )?,
             };
+            pool.give(w);
             Ok(parts.into_iter().map(Cow::Owned).collect())
         }
         (_, None) => Err(ExportError::PartSize {
@@ -151,12 +207,15 @@ fn produce<'a>(
 
 /// [`decode::decode_all`] with the chunks spread over the thread pool (each chunk is decoded
 /// independently, so the values are the same).
-fn decode_parallel(tensor: TensorRef<'_>) -> Result<Vec<f32>, decode::DecodeError> {
+fn decode_parallel(
+    tensor: TensorRef<'_>,
+    pool: &BufferPool,
+) -> Result<Vec<f32>, decode::DecodeError> {
     // `validate` ties the element count to the mapped byte length, so the allocation is bounded
     // by the data actually there.
     let numel = decode::validate(&tensor)? as usize;
     let chunk = decode::chunk_len(tensor.info.dtype, DECODE_CHUNK);
-    let mut out = vec![0f32; numel];
+    let mut out = pool.take(numel);
     out.par_chunks_mut(chunk)
         .enumerate()
         .try_for_each(|(i, c)| decode::decode_into(tensor, (i * chunk) as u64, c))?;

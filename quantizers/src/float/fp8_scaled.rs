@@ -42,7 +42,7 @@ use qtool_formats::codec::{Fp8Format, Overflow};
 use rayon::prelude::*;
 
 use super::{
-    cdiv, clamp_sym, par_finite_amax, prepare, ComputeDType, FloatError, Matrix, Options, PAR_CHUNK,
+    cdiv, clamp_sym, prepare, prepare_amax, ComputeDType, FloatError, Matrix, Options, PAR_CHUNK,
 };
 
 /// How many weights share one scale.
@@ -117,10 +117,9 @@ pub fn quantize_comfy(
     format: Fp8Format,
     opts: &Options,
 ) -> Result<Fp8Scaled, FloatError> {
-    let x = prepare(m, opts)?;
+    let (x, amax) = prepare_amax(m, opts)?;
     let dt = opts.compute;
     let fmax = format.max();
-    let amax = par_finite_amax(&x);
     let scale = dt.round(amax / fmax);
     let mut data = vec![0u8; x.len()];
     // Element-wise, so splitting the work changes no byte.
@@ -138,11 +137,27 @@ pub fn quantize_comfy(
         if !r.is_finite() {
             return Err(FloatError::ReciprocalOverflow { scale, amax, dtype: dt });
         }
-        chunks.for_each(|(out, xs)| {
-            for (o, &v) in out.iter_mut().zip(xs) {
-                *o = format.encode(clamp_sym(dt.round(v * r), fmax), Overflow::Saturate);
-            }
-        });
+        if dt == ComputeDType::BF16 {
+            // Every `round(v·r)` is a bf16 value: its code is a lookup by the bf16 bit pattern
+            // (the table holds exactly what the general path computes for each of the 2^16).
+            let lut: Vec<u8> = (0..=u16::MAX)
+                .map(|h| {
+                    let y = f32::from_bits(u32::from(h) << 16);
+                    format.encode(clamp_sym(y, fmax), Overflow::Saturate)
+                })
+                .collect();
+            chunks.for_each(|(out, xs)| {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = lut[(dt.round(v * r).to_bits() >> 16) as usize];
+                }
+            });
+        } else {
+            chunks.for_each(|(out, xs)| {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = format.encode(clamp_sym(dt.round(v * r), fmax), Overflow::Saturate);
+                }
+            });
+        }
     }
     Ok(Fp8Scaled {
         format,

@@ -173,21 +173,68 @@ impl<'a> Matrix<'a> {
 /// layer costs its f32 decode and its outputs, nothing more. Anything else takes the sequential
 /// path below, which names the first offending element.
 fn prepare<'a>(m: &Matrix<'a>, opts: &Options) -> Result<Cow<'a, [f32]>, FloatError> {
+    Ok(prepare_amax(m, opts)?.0)
+}
+
+/// [`prepare`] plus the [`finite_amax`] of the prepared values, from the same scan.
+fn prepare_amax<'a>(m: &Matrix<'a>, opts: &Options) -> Result<(Cow<'a, [f32]>, f32), FloatError> {
     use rayon::prelude::*;
-    let dt = opts.compute;
-    let clean = m.data.par_chunks(PAR_CHUNK).all(|c| {
-        c.iter().all(|&x| {
-            if x.is_finite() {
-                dt == ComputeDType::F32 || dt.round(x) == x
-            } else {
-                opts.allow_nonfinite && (x.is_nan() || dt.round(x) == x)
-            }
-        })
-    });
-    if clean {
-        return Ok(Cow::Borrowed(m.data));
+    let scan = m
+        .data
+        .par_chunks(PAR_CHUNK)
+        .map(|c| Scan::of(c, opts.compute))
+        .reduce(Scan::default, Scan::merge);
+    if scan.inexact == 0 && (scan.nonfinite == 0 || opts.allow_nonfinite) {
+        let amax = if scan.nonfinite == 0 {
+            f32::from_bits(scan.max_abs_bits)
+        } else {
+            par_finite_amax(m.data)
+        };
+        return Ok((Cow::Borrowed(m.data), amax));
     }
-    prepare_slow(m, opts)
+    let x = prepare_slow(m, opts)?;
+    let amax = par_finite_amax(&x);
+    Ok((x, amax))
+}
+
+/// What one pass over the raw values finds: whether any is not exact in the compute dtype or
+/// not finite, and the largest magnitude's bit pattern (for non-negative floats the bit
+/// patterns order like the values). Branch-free so the compiler vectorizes it.
+#[derive(Clone, Copy, Default)]
+struct Scan {
+    inexact: u32,
+    nonfinite: u32,
+    max_abs_bits: u32,
+}
+
+impl Scan {
+    fn of(c: &[f32], dt: ComputeDType) -> Scan {
+        let (mut inexact, mut nonfinite, mut max_abs) = (0u32, 0u32, 0u32);
+        for &x in c {
+            let b = x.to_bits() & 0x7FFF_FFFF;
+            nonfinite |= u32::from(b >= 0x7F80_0000);
+            max_abs = max_abs.max(b);
+            inexact |= match dt {
+                ComputeDType::F32 => 0,
+                // bf16 is the upper half of an f32: exact iff the lower half is zero.
+                ComputeDType::BF16 => b & 0xFFFF,
+                ComputeDType::F16 => u32::from(dt.round(x).to_bits() != x.to_bits()),
+            };
+        }
+        // NaN and ±inf need no rounding; only finite inexact values matter.
+        if nonfinite != 0 && dt != ComputeDType::F32 {
+            inexact = u32::from(c.iter().any(|&x| x.is_finite() && dt.round(x) != x));
+        }
+        Scan { inexact, nonfinite, max_abs_bits: max_abs }
+    }
+
+    fn merge(a: Scan, b: Scan) -> Scan {
+        Scan {
+            inexact: a.inexact | b.inexact,
+            nonfinite: a.nonfinite | b.nonfinite,
+            max_abs_bits: a.max_abs_bits.max(b.max_abs_bits),
+        }
+    }
 }
 
 fn prepare_slow<'a>(m: &Matrix<'a>, opts: &Options) -> Result<Cow<'a, [f32]>, FloatError> {

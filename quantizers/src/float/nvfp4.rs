@@ -47,8 +47,7 @@ use super::swizzle;
 use rayon::prelude::*;
 
 use super::{
-    clamp_sym, finite_amax, par_finite_amax, prepare, roundup, ComputeDType, FloatError, Matrix,
-    Options,
+    clamp_sym, finite_amax, prepare_amax, roundup, ComputeDType, FloatError, Matrix, Options,
 };
 
 /// Elements per block.
@@ -138,7 +137,7 @@ pub fn quantize(
 ) -> Result<Nvfp4Tensor, FloatError> {
     let layout = producer.layout();
     let (packed_shape, block_scales_shape) = part_shapes(layout, m.rows(), m.cols())?;
-    let x = prepare(m, opts)?;
+    let (x, amax) = prepare_amax(m, opts)?;
     let dt = opts.compute;
     let (rows, cols) = (m.rows(), m.cols());
     // Working grid: [rows_p, cols_p], zero-padded (padding only for ComfyUI).
@@ -147,7 +146,6 @@ pub fn quantize(
         _ => (rows, cols),
     };
     let nb = cols_p / BLOCK;
-    let amax = par_finite_amax(&x);
 
     // The tensor-level numbers first; then every block depends only on its 16 values and
     // these, so rows are quantized in parallel without changing a byte.
@@ -198,13 +196,17 @@ pub fn quantize(
             let mut codes = [0u8; BLOCK];
             for b in 0..nb {
                 let c0 = b * BLOCK;
-                fill(&mut block, |i| {
-                    if r < rows && c0 + i < cols {
-                        x[r * cols + c0 + i]
-                    } else {
-                        0.0
-                    }
-                });
+                if r < rows && c0 + BLOCK <= cols {
+                    block.copy_from_slice(&x[r * cols + c0..][..BLOCK]);
+                } else {
+                    fill(&mut block, |i| {
+                        if r < rows && c0 + i < cols {
+                            x[r * cols + c0 + i]
+                        } else {
+                            0.0
+                        }
+                    });
+                }
                 srow[b] = rule.block(&block, &mut codes);
                 for (o, p) in prow[c0 / 2..][..BLOCK / 2].iter_mut().zip(codes.chunks_exact(2)) {
                     *o = match order {

@@ -67,10 +67,10 @@ pub(crate) fn quantize_k4_superblock_weighted(
     let mut levels = [0u8; QK_K];
     let mut weights = [0.0f32; QK_K];
     let mut sw = [0.0f32; 8];
-    for j in 0..8 {
+    for (j, swj) in sw.iter_mut().enumerate() {
         let sub = 32 * j..32 * j + 32;
         importance_weights(&x[sub.clone()], &qw[sub.clone()], sigma2, &mut weights[sub.clone()]);
-        sw[j] = sum_in_order(&weights[sub]);
+        *swj = sum_in_order(&weights[sub]);
     }
     let found = make_qkx2_quants_x8(search, &x[..QK_K], &weights, &mut levels);
     let scales: [f32; 8] = std::array::from_fn(|j| found[j].scale);

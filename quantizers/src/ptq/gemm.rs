@@ -53,6 +53,7 @@ impl View {
 
 /// `c = alpha·a·b + beta·c` in f32. Panics (a programming error, never input-driven) when a
 /// view does not fit its slice or the dimensions disagree.
+#[allow(clippy::too_many_arguments)] // the BLAS signature: three operands, their views, alpha, beta
 pub(crate) fn sgemm(
     alpha: f32,
     a: &[f32],
