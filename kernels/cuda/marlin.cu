@@ -41,6 +41,16 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid)
                  : "memory");
 }
 
+// Weight stream copy: always valid; with PF the L2 fetches 256-byte blocks from DRAM per miss
+// (each lane group reads whole 512-byte Marlin chunks, so nothing fetched is wasted).
+template <bool PF>
+__device__ __forceinline__ void cp_async16_stream(u32 dst, const void* src) {
+    if (PF)
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>
@@ -141,7 +151,7 @@ __device__ __forceinline__ void st_cg_f2(float* p, float2 v) {
 // Every address a thread issues per stage is precomputed (per thread, per tile column) so the
 // main loop is dequantization and mma, not index arithmetic: at m = 1 the loop body is what
 // bounds the streaming rate.
-template <int MB, int NCH, int KT, int STAGES>
+template <int MB, int NCH, int KT, int STAGES, bool PF>
 __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const int4* __restrict__ B,
                                              const u16* __restrict__ S, float* __restrict__ C,
                                              int* __restrict__ locks, int m, int n, int k,
@@ -235,7 +245,7 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
         }
         const int4* bb = b_col + (size_t)kt * KT * b_row_int4;
 #pragma unroll
-        for (int j = 0; j < B_ITERS; j++) cp_async16(base + b_dst0 + j * THREADS * 16, bb + j * b_step, true);
+        for (int j = 0; j < B_ITERS; j++) cp_async16_stream<PF>(base + b_dst0 + j * THREADS * 16, bb + j * b_step);
         if (s_active) cp_async16(base + s_dst, s_col + (size_t)((k0 >> group_log2) + s_r) * n, true);
     };
 
@@ -444,32 +454,35 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
 }  // namespace
 
 // One entry point per configuration; the host picks by name (kernels/src/marlin.rs, whose
-// `MARLIN_CONFIGS` lists exactly these). OCC is the CTAs per SM the register budget is cut for.
-#define MARLIN_ENTRY(MB, NCH, KT, ST, OCC)                                                       \
+// `MARLIN_CONFIGS` lists exactly these). OCC is the CTAs per SM the register budget is cut for;
+// PF selects the 256-byte L2 prefetch on the weight stream.
+#define MARLIN_ENTRY(MB, NCH, KT, ST, OCC, PF)                                                   \
     extern "C" __global__ void __launch_bounds__(THREADS, OCC)                                   \
-        marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC(                                    \
+        marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC##_p##PF(                            \
             const u16* __restrict__ A, const int4* __restrict__ B, const u16* __restrict__ S,    \
             float* __restrict__ C, int* __restrict__ locks, int m, int n, int k, int group_log2, \
             int iters) {                                                                         \
-        marlin_w4a16<MB, NCH, KT, ST>(A, B, S, C, locks, m, n, k, group_log2, iters);           \
+        marlin_w4a16<MB, NCH, KT, ST, PF>(A, B, S, C, locks, m, n, k, group_log2, iters);       \
     }
 
-#define MARLIN_ENTRY_MB(NCH, KT, ST) \
-    MARLIN_ENTRY(1, NCH, KT, ST, 1)  \
-    MARLIN_ENTRY(2, NCH, KT, ST, 1)  \
-    MARLIN_ENTRY(3, NCH, KT, ST, 1)  \
-    MARLIN_ENTRY(4, NCH, KT, ST, 1)
+#define MARLIN_ENTRY_MB(NCH, KT, ST, PF) \
+    MARLIN_ENTRY(1, NCH, KT, ST, 1, PF)  \
+    MARLIN_ENTRY(2, NCH, KT, ST, 1, PF)  \
+    MARLIN_ENTRY(3, NCH, KT, ST, 1, PF)  \
+    MARLIN_ENTRY(4, NCH, KT, ST, 1, PF)
 
 // Every m: 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 (2 × 4), 64×128 (8 k-warps; also
-// the fallback for n % 128 != 0).
-MARLIN_ENTRY_MB(2, 8, 4)
-MARLIN_ENTRY_MB(4, 8, 4)
-MARLIN_ENTRY_MB(1, 8, 4)
+// the fallback for n % 128 != 0), with and without the L2 prefetch.
+MARLIN_ENTRY_MB(2, 8, 4, 0)
+MARLIN_ENTRY_MB(4, 8, 4, 0)
+MARLIN_ENTRY_MB(1, 8, 4, 0)
+MARLIN_ENTRY_MB(2, 8, 4, 1)
+MARLIN_ENTRY_MB(4, 8, 4, 1)
+MARLIN_ENTRY_MB(1, 8, 4, 1)
 // m ≤ 16 (weight streaming): deeper k per stage, or two CTAs per SM.
-MARLIN_ENTRY(1, 2, 8, 4, 2)
-MARLIN_ENTRY(1, 4, 8, 3, 2)
-MARLIN_ENTRY(1, 4, 4, 4, 2)
-MARLIN_ENTRY(1, 1, 16, 4, 2)
-MARLIN_ENTRY(1, 2, 16, 3, 1)
-MARLIN_ENTRY(1, 2, 16, 3, 2)
-MARLIN_ENTRY(1, 4, 16, 3, 1)
+MARLIN_ENTRY(1, 2, 8, 4, 2, 1)
+MARLIN_ENTRY(1, 1, 16, 4, 2, 0)
+MARLIN_ENTRY(1, 1, 16, 4, 2, 1)
+MARLIN_ENTRY(1, 2, 16, 3, 1, 0)
+MARLIN_ENTRY(1, 2, 16, 3, 1, 1)
+MARLIN_ENTRY(1, 4, 16, 3, 1, 1)

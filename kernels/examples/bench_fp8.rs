@@ -7,7 +7,10 @@
 //! activation quantization / dequant passes each operation runs, excluding host copies.
 
 use half::{bf16, f16};
-use qtool_kernels::{timing::tflops, Fp8Kind, Fp8Scale, GemmRun, GgmlType, Gpu, Int4Weights, KResult, NibbleOrder, ScaleLayout};
+use qtool_kernels::{
+    timing::tflops, Fp8Kind, Fp8Scale, GemmRun, GgmlType, Gpu, Int4Weights, KResult, NibbleOrder,
+    ScaleLayout,
+};
 
 fn noise(seed: u64, len: usize) -> Vec<u32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -51,8 +54,8 @@ struct Row {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| {:<22} | {:>5} | {:>5} | {:>5} | {:>9} | {:>8} | {:>8} | {:>7} | {} |",
-        "op", "m", "n", "k", "µs", "TFLOP/s", "W GB/s", "vs bf16", "backend"
+        "| {:<22} | {:>5} | {:>5} | {:>5} | {:>9} | {:>8} | {:>8} | {:>7} | backend |",
+        "op", "m", "n", "k", "µs", "TFLOP/s", "W GB/s", "vs bf16"
     );
     println!("|{}|", ["-"; 9].iter().map(|_| "---").collect::<Vec<_>>().join("|"));
     for r in rows {
@@ -73,7 +76,12 @@ fn print_table(rows: &[Row]) {
 
 fn main() -> KResult<()> {
     let args: Vec<String> = std::env::args().collect();
-    let reps = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(20);
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let skip_big = args.iter().any(|a| a == "--skip-big");
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
@@ -83,7 +91,10 @@ fn main() -> KResult<()> {
         }
     };
     let d = gpu.device();
-    let clock = gpu.attribute(cudarc_clock()).map(|khz| format!("{} MHz", khz / 1000)).unwrap_or_else(|_| "n/a".into());
+    let clock = gpu
+        .attribute(cudarc_clock())
+        .map(|khz| format!("{} MHz", khz / 1000))
+        .unwrap_or_else(|_| "n/a".into());
     println!(
         "device: {} (cc {}.{}, {} SMs, {:.0} GiB, max SM clock {clock}), driver {}, arch {}, NVRTC {:?}",
         d.name,
@@ -96,9 +107,19 @@ fn main() -> KResult<()> {
         qtool_kernels::nvrtc::nvrtc_version()?
     );
     let mut rows = Vec::new();
-    let mut push = |op: &str, (m, n, k): (usize, usize, usize), run: &GemmRun, base: f64, wbytes: usize| {
-        rows.push(Row { op: op.into(), m, n, k, micros: run.micros, base, weight_bytes: wbytes, backend: run.backend.clone() });
-    };
+    let mut push =
+        |op: &str, (m, n, k): (usize, usize, usize), run: &GemmRun, base: f64, wbytes: usize| {
+            rows.push(Row {
+                op: op.into(),
+                m,
+                n,
+                k,
+                micros: run.micros,
+                base,
+                weight_bytes: wbytes,
+                backend: run.backend.clone(),
+            });
+        };
 
     if !skip_big {
         let (m, n, k) = (8192, 8192, 8192);
@@ -108,14 +129,46 @@ fn main() -> KResult<()> {
         drop(w16);
         push("bf16 cublas", (m, n, k), &base, base.micros, n * k * 2);
         let w8 = fp8_bytes(3, n * k);
-        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), reps)?;
+        let r = gpu.fp8_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &w8,
+            Fp8Kind::E4M3,
+            &Fp8Scale::PerTensor(0.01),
+            Some(0.05),
+            reps,
+        )?;
         push("fp8 e4m3 tensor static", (m, n, k), &r, base.micros, n * k);
         let precise = qtool_kernels::Fp8Options { fast_accum: false, ..Default::default() };
-        let r = gpu.fp8_gemm_with(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), precise, reps)?;
+        let r = gpu.fp8_gemm_with(
+            &x,
+            m,
+            n,
+            k,
+            &w8,
+            Fp8Kind::E4M3,
+            &Fp8Scale::PerTensor(0.01),
+            Some(0.05),
+            precise,
+            reps,
+        )?;
         push("fp8 tensor static fp32acc", (m, n, k), &r, base.micros, n * k);
-        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), None, reps)?;
+        let r =
+            gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), None, reps)?;
         push("fp8 e4m3 tensor dynamic", (m, n, k), &r, base.micros, n * k);
-        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerChannel(vec![0.01; n]), Some(0.05), reps)?;
+        let r = gpu.fp8_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &w8,
+            Fp8Kind::E4M3,
+            &Fp8Scale::PerChannel(vec![0.01; n]),
+            Some(0.05),
+            reps,
+        )?;
         push("fp8 e4m3 channel static", (m, n, k), &r, base.micros, n * k);
     }
 
@@ -129,24 +182,89 @@ fn main() -> KResult<()> {
         push("bf16 cublas", (m, n, k), &base, base.micros, n * k * 2);
         let b = base.micros;
         let w8 = fp8_bytes(7, n * k);
-        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), Some(0.05), reps)?;
+        let r = gpu.fp8_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &w8,
+            Fp8Kind::E4M3,
+            &Fp8Scale::PerTensor(0.01),
+            Some(0.05),
+            reps,
+        )?;
         push("fp8 e4m3 tensor static", (m, n, k), &r, b, n * k);
-        let r = gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::Block128(vec![0.01; 64 * 64]), None, reps)?;
+        let r = gpu.fp8_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &w8,
+            Fp8Kind::E4M3,
+            &Fp8Scale::Block128(vec![0.01; 64 * 64]),
+            None,
+            reps,
+        )?;
         push("fp8 e4m3 block128", (m, n, k), &r, b, n * k);
         let packed = bytes(8, n * k / 2);
         let scales = fp8_bytes(9, n * k / 16);
-        let r = gpu.nvfp4_gemm(&x, m, n, k, &packed, NibbleOrder::EvenHigh, &scales, ScaleLayout::Swizzled, 0.01, reps)?;
+        let r = gpu.nvfp4_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &packed,
+            NibbleOrder::EvenHigh,
+            &scales,
+            ScaleLayout::Swizzled,
+            0.01,
+            reps,
+        )?;
         push("nvfp4 swizzled (emul.)", (m, n, k), &r, b, n * k / 2 + n * k / 16);
         let group = 128;
         let g = k / group;
         let sc: Vec<f32> = vec![0.01; g * n];
         let qw = words(10, k / 8 * n);
         let qz = words(11, g * n / 8);
-        let r = gpu.int4_gemm(&xh, m, n, k, Int4Weights::Gptq { qweight: &qw, qzeros: &qz, scales: &sc, g_idx: None, v2: false, group }, reps)?;
+        let r = gpu.int4_gemm(
+            &xh,
+            m,
+            n,
+            k,
+            Int4Weights::Gptq {
+                qweight: &qw,
+                qzeros: &qz,
+                scales: &sc,
+                g_idx: None,
+                v2: false,
+                group,
+            },
+            reps,
+        )?;
         push("int4 gptq g128", (m, n, k), &r, b, n * k / 2);
-        let r = gpu.int4_gemm(&xh, m, n, k, Int4Weights::Awq { qweight: &qw, qzeros: &qz, scales: &sc, group }, reps)?;
+        let r = gpu.int4_gemm(
+            &xh,
+            m,
+            n,
+            k,
+            Int4Weights::Awq { qweight: &qw, qzeros: &qz, scales: &sc, group },
+            reps,
+        )?;
         push("int4 awq g128", (m, n, k), &r, b, n * k / 2);
-        let r = gpu.int4_gemm(&xh, m, n, k, Int4Weights::Compressed { packed: &qw, scales: &sc, zero_points: None, g_idx: None, group }, reps)?;
+        let r = gpu.int4_gemm(
+            &xh,
+            m,
+            n,
+            k,
+            Int4Weights::Compressed {
+                packed: &qw,
+                scales: &sc,
+                zero_points: None,
+                g_idx: None,
+                group,
+            },
+            reps,
+        )?;
         push("int4 compressed g128", (m, n, k), &r, b, n * k / 2);
         for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let len = n * ty.row_size(k as u64).unwrap() as usize;

@@ -44,8 +44,10 @@ impl Blas {
     /// Creates both handles after checking their libraries load (cudarc panics otherwise).
     pub(crate) fn new(gpu: &Gpu) -> Result<Blas, String> {
         crate::libs::cublas_libraries()?;
-        let blas = cudarc::cublas::CudaBlas::new(gpu.stream.clone()).map_err(|e| format!("cublasCreate: {e:?}"))?;
-        let lt = cudarc::cublaslt::result::create_handle().map_err(|e| format!("cublasLtCreate: {e:?}"))?;
+        let blas = cudarc::cublas::CudaBlas::new(gpu.stream.clone())
+            .map_err(|e| format!("cublasCreate: {e:?}"))?;
+        let lt = cudarc::cublaslt::result::create_handle()
+            .map_err(|e| format!("cublasLtCreate: {e:?}"))?;
         let workspace = gpu
             .stream
             .alloc_zeros::<u8>(WORKSPACE_BYTES)
@@ -86,7 +88,8 @@ impl ElemType {
 }
 
 fn dim(v: usize, what: &str) -> KResult<i32> {
-    i32::try_from(v).map_err(|_| KernelError::Shape(format!("{what} = {v} exceeds cuBLAS's 32-bit dimensions")))
+    i32::try_from(v)
+        .map_err(|_| KernelError::Shape(format!("{what} = {v} exceeds cuBLAS's 32-bit dimensions")))
 }
 
 /// cuBLAS `GemmEx`: `out[m, n] = x[m, k] · w[n, k]ᵀ` with 16-bit inputs of type `in_ty` (BF16
@@ -135,7 +138,9 @@ pub(crate) fn gemm_16<O>(
         )
     };
     if status != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        return Err(KernelError::Blas(format!("cublasGemmEx ({in_ty:?}, m={m} n={n} k={k}): {status:?}")));
+        return Err(KernelError::Blas(format!(
+            "cublasGemmEx ({in_ty:?}, m={m} n={n} k={k}): {status:?}"
+        )));
     }
     Ok(())
 }
@@ -186,7 +191,11 @@ fn lt_err(what: &str) -> impl Fn(cudarc::cublaslt::result::CublasError) -> Kerne
 
 /// # Safety
 /// `value` must be the attribute's documented type.
-unsafe fn set_desc<T>(desc: lt::cublasLtMatmulDesc_t, attr: lt::cublasLtMatmulDescAttributes_t, value: &T) -> KResult<()> {
+unsafe fn set_desc<T>(
+    desc: lt::cublasLtMatmulDesc_t,
+    attr: lt::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> KResult<()> {
     // SAFETY: per the function contract; `value` is live for the call.
     unsafe {
         cudarc::cublaslt::result::set_matmul_desc_attribute(
@@ -222,8 +231,13 @@ impl LtPlan {
         )
         .map_err(lt_err("cublasLtMatmulDescCreate"))?;
         let layout = |ty: ElemType, rows: usize, cols: usize, ld: usize| {
-            cudarc::cublaslt::result::create_matrix_layout(ty.lt(), rows as u64, cols as u64, ld as i64)
-                .map_err(lt_err("cublasLtMatrixLayoutCreate"))
+            cudarc::cublaslt::result::create_matrix_layout(
+                ty.lt(),
+                rows as u64,
+                cols as u64,
+                ld as i64,
+            )
+            .map_err(lt_err("cublasLtMatrixLayoutCreate"))
         };
         // Build the plan first so Drop cleans up whatever was created if a later step fails.
         let a = layout(w_ty, k, n, k);
@@ -234,7 +248,9 @@ impl LtPlan {
             (a, b, d) => {
                 // SAFETY: destroy only what was created; each once.
                 unsafe {
-                    for l in [a.as_ref().ok(), b.as_ref().ok(), d.as_ref().ok()].into_iter().flatten() {
+                    for l in
+                        [a.as_ref().ok(), b.as_ref().ok(), d.as_ref().ok()].into_iter().flatten()
+                    {
                         let _ = cudarc::cublaslt::result::destroy_matrix_layout(*l);
                     }
                     let _ = cudarc::cublaslt::result::destroy_matmul_desc(desc);
@@ -257,20 +273,33 @@ impl LtPlan {
         // SAFETY: each value has the type the attribute documents (cublasOperation_t, pointers
         // as `const void*`, scale modes as int32, fast-accum as int8).
         unsafe {
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(cb::cublasOperation_t::CUBLAS_OP_T as i32))?;
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(cb::cublasOperation_t::CUBLAS_OP_N as i32))?;
+            set_desc(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSA,
+                &(cb::cublasOperation_t::CUBLAS_OP_T as i32),
+            )?;
+            set_desc(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSB,
+                &(cb::cublasOperation_t::CUBLAS_OP_N as i32),
+            )?;
             let (ap, bp) = (a_scale as *const c_void, b_scale as *const c_void);
             if a_mode == LtScale::AlphaVec {
-                let mode = lt::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST as i32;
+                let mode =
+                    lt::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST
+                        as i32;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode)?;
             } else {
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap)?;
             }
             set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &bp)?;
             if a_mode == LtScale::OuterVec {
-                let mode = lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F as i32;
+                let mode =
+                    lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
+                        as i32;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
-                let scalar = lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F as i32;
+                let scalar =
+                    lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F as i32;
                 set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &scalar)?;
             }
             // Fast accumulation is what FP8 runtimes use on Hopper (CUTLASS `FP8FastAccum`
@@ -285,7 +314,8 @@ impl LtPlan {
     /// Up to 8 algorithms cuBLASLt proposes for this problem, best guess first.
     fn heuristic(&self) -> KResult<Vec<lt::cublasLtMatmulAlgo_t>> {
         const WANT: usize = 8;
-        let pref = cudarc::cublaslt::result::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
+        let pref = cudarc::cublaslt::result::create_matmul_pref()
+            .map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
         let ws = WORKSPACE_BYTES;
         // SAFETY: the preference attribute is a size_t; `results` has room for WANT entries and
         // cuBLASLt writes `count <= WANT` of them; `pref` is destroyed below, once.
@@ -298,7 +328,8 @@ impl LtPlan {
             )
             .map_err(lt_err("cublasLtMatmulPreferenceSetAttribute"))
             .and_then(|_| {
-                let mut results: Vec<lt::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); WANT];
+                let mut results: Vec<lt::cublasLtMatmulHeuristicResult_t> =
+                    vec![std::mem::zeroed(); WANT];
                 let mut count: i32 = 0;
                 let status = lt::cublasLtMatmulAlgoGetHeuristic(
                     self.blas.lt,
@@ -313,7 +344,9 @@ impl LtPlan {
                     &mut count,
                 );
                 if status != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                    return Err(KernelError::Blas(format!("no cuBLASLt algorithm for this FP8 matmul: {status:?}")));
+                    return Err(KernelError::Blas(format!(
+                        "no cuBLASLt algorithm for this FP8 matmul: {status:?}"
+                    )));
                 }
                 let algos: Vec<_> = results[..(count.max(0) as usize).min(WANT)]
                     .iter()
@@ -321,7 +354,9 @@ impl LtPlan {
                     .map(|r| r.algo)
                     .collect();
                 if algos.is_empty() {
-                    return Err(KernelError::Blas("no cuBLASLt algorithm for this FP8 matmul".into()));
+                    return Err(KernelError::Blas(
+                        "no cuBLASLt algorithm for this FP8 matmul".into(),
+                    ));
                 }
                 Ok(algos)
             })
@@ -333,13 +368,21 @@ impl LtPlan {
 
     /// Times each heuristic candidate on the real operands (a few runs each, CUDA events) and
     /// keeps the fastest, as runtimes' autotuners do. Returns how many candidates were tried.
-    pub(crate) fn autotune<O>(&mut self, gpu: &Gpu, w: &CudaSlice<u8>, x: &CudaSlice<u8>, out: &mut CudaSlice<O>) -> KResult<usize> {
+    pub(crate) fn autotune<O>(
+        &mut self,
+        gpu: &Gpu,
+        w: &CudaSlice<u8>,
+        x: &CudaSlice<u8>,
+        out: &mut CudaSlice<O>,
+    ) -> KResult<usize> {
         let candidates = self.candidates.clone();
         let mut best = (f64::INFINITY, self.algo);
         for algo in &candidates {
             self.algo = *algo;
             // A candidate that fails to run (e.g. workspace needs) is skipped.
-            let Ok(t) = crate::timing::median_micros(gpu, 5, || self.run(gpu, w, x, out)) else { continue };
+            let Ok(t) = crate::timing::median_micros(gpu, 5, || self.run(gpu, w, x, out)) else {
+                continue;
+            };
             if t < best.0 {
                 best = (t, *algo);
             }
@@ -349,7 +392,13 @@ impl LtPlan {
     }
 
     /// Runs the planned matmul on `gpu`'s stream.
-    pub(crate) fn run<O>(&self, gpu: &Gpu, w: &CudaSlice<u8>, x: &CudaSlice<u8>, out: &mut CudaSlice<O>) -> KResult<()> {
+    pub(crate) fn run<O>(
+        &self,
+        gpu: &Gpu,
+        w: &CudaSlice<u8>,
+        x: &CudaSlice<u8>,
+        out: &mut CudaSlice<O>,
+    ) -> KResult<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         let alpha_ptr = match self.alpha_vec {
             Some(p) => p as *const c_void,
@@ -386,4 +435,3 @@ impl LtPlan {
         .map_err(lt_err("cublasLtMatmul"))
     }
 }
-

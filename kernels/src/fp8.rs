@@ -94,11 +94,15 @@ impl Gpu {
         check_len("w", w.len(), n * k)?;
         if let Some(s) = input_scale {
             if !(s.is_finite() && s > 0.0) {
-                return Err(KernelError::Shape(format!("input_scale {s} is not a positive finite number")));
+                return Err(KernelError::Shape(format!(
+                    "input_scale {s} is not a positive finite number"
+                )));
             }
         }
         match scale {
-            Fp8Scale::PerTensor(s) => self.fp8_lt(x, (m, n, k), w, kind, &[*s], false, input_scale, opts, reps),
+            Fp8Scale::PerTensor(s) => {
+                self.fp8_lt(x, (m, n, k), w, kind, &[*s], false, input_scale, opts, reps)
+            }
             Fp8Scale::PerChannel(s) => {
                 check_len("per-channel scales", s.len(), n)?;
                 self.fp8_lt(x, (m, n, k), w, kind, s, true, input_scale, opts, reps)
@@ -145,7 +149,9 @@ impl Gpu {
         let ptr = |s: &cudarc::driver::CudaSlice<f32>| s.device_ptr(&stream).0;
         // Plan: vector scales in cuBLASLt, else an alpha vector, else scalar 1.0 on A and a
         // post-scale.
-        let plan_for = |mode: LtScale, a: u64| LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, mode, a, ptr(&xs), fa, (m, n, k));
+        let plan_for = |mode: LtScale, a: u64| {
+            LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, mode, a, ptr(&xs), fa, (m, n, k))
+        };
         // `None` plan: cuBLASLt has no algorithm at all (e.g. an E5M2 combination it lacks):
         // qtool's own FP8 kernel with per-tensor activation and per-tensor/channel weight scales.
         let (mut plan, post_scale, how): (Option<LtPlan>, bool, &str) = if !per_channel {
@@ -157,9 +163,15 @@ impl Gpu {
             let chosen = match opts.path {
                 Fp8Path::Auto => plan_for(LtScale::OuterVec, ptr(&ws))
                     .map(|p| (p, "per-channel (cublaslt outer-vector scales)"))
-                    .or_else(|_| plan_for(LtScale::AlphaVec, ptr(&ws)).map(|p| (p, "per-channel (cublaslt alpha vector)")))
+                    .or_else(|_| {
+                        plan_for(LtScale::AlphaVec, ptr(&ws))
+                            .map(|p| (p, "per-channel (cublaslt alpha vector)"))
+                    })
                     .ok(),
-                Fp8Path::AlphaVector => Some((plan_for(LtScale::AlphaVec, ptr(&ws))?, "per-channel (cublaslt alpha vector)")),
+                Fp8Path::AlphaVector => Some((
+                    plan_for(LtScale::AlphaVec, ptr(&ws))?,
+                    "per-channel (cublaslt alpha vector)",
+                )),
                 Fp8Path::PostScale => None,
             };
             match chosen {
@@ -205,20 +217,47 @@ impl Gpu {
                 b.arg(&null);
             }
             b.arg(&static_scale).arg(&mut xs).arg(&mut xq);
-            launch(self, &f_quant, "quant_e4m3_tensor", b, config((blocks(quant_threads.max(1), 256)?, 1, 1), (256, 1, 1), 0))?;
+            launch(
+                self,
+                &f_quant,
+                "quant_e4m3_tensor",
+                b,
+                config((blocks(quant_threads.max(1), 256)?, 1, 1), (256, 1, 1), 0),
+            )?;
             match &plan {
                 Some(p) => p.run(self, &wd, &xq, &mut out)?,
                 None => {
                     let mut b = stream.launch_builder(&f_own);
-                    b.arg(&xq).arg(&xs).arg(&zero).arg(&zero).arg(&wd).arg(&e5m2).arg(&ws).arg(&one).arg(&ws_rs).arg(&zero);
+                    b.arg(&xq)
+                        .arg(&xs)
+                        .arg(&zero)
+                        .arg(&zero)
+                        .arg(&wd)
+                        .arg(&e5m2)
+                        .arg(&ws)
+                        .arg(&one)
+                        .arg(&ws_rs)
+                        .arg(&zero);
                     b.arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
-                    launch(self, &f_own, "fp8_block_gemm", b, config((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0))?;
+                    launch(
+                        self,
+                        &f_own,
+                        "fp8_block_gemm",
+                        b,
+                        config((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0),
+                    )?;
                 }
             }
             if post_scale {
                 let mut b = stream.launch_builder(&f_scale);
                 b.arg(&mut out).arg(&mi).arg(&ni).arg(&ws);
-                launch(self, &f_scale, "scale_cols", b, config((blocks(m * n, 256)?, 1, 1), (256, 1, 1), 0))?;
+                launch(
+                    self,
+                    &f_scale,
+                    "scale_cols",
+                    b,
+                    config((blocks(m * n, 256)?, 1, 1), (256, 1, 1), 0),
+                )?;
             }
             Ok(())
         })?;
@@ -232,7 +271,10 @@ impl Gpu {
                     kind_name(kind),
                     if fa { "fast accum" } else { "fp32-promoted accum" }
                 ),
-                None => format!("qtool fp8 {} {how}, {act} (own kernel, CUDA cores: cuBLASLt had no algorithm)", kind_name(kind)),
+                None => format!(
+                    "qtool fp8 {} {how}, {act} (own kernel, CUDA cores: cuBLASLt had no algorithm)",
+                    kind_name(kind)
+                ),
             },
         })
     }
@@ -265,20 +307,61 @@ impl Gpu {
         let micros = median_micros(self, reps, || {
             let mut b = stream.launch_builder(&f_q);
             b.arg(&xd).arg(&mi).arg(&ki).arg(&mut xq).arg(&mut xs);
-            launch(self, &f_q, "quant_e4m3_group128", b, config((blocks(m * kb * 32, 256)?, 1, 1), (256, 1, 1), 0))?;
+            launch(
+                self,
+                &f_q,
+                "quant_e4m3_group128",
+                b,
+                config((blocks(m * kb * 32, 256)?, 1, 1), (256, 1, 1), 0),
+            )?;
             let (kbi, one, blk) = (kb as i32, 1i32, 128i32);
             if small {
                 let mut b = stream.launch_builder(&f_dx);
                 b.arg(&xq).arg(&xs).arg(&mi).arg(&ki).arg(&mut xf);
-                launch(self, &f_dx, "dequant_act_group128", b, config((blocks(m * k, 256)?, 1, 1), (256, 1, 1), 0))?;
+                launch(
+                    self,
+                    &f_dx,
+                    "dequant_act_group128",
+                    b,
+                    config((blocks(m * k, 256)?, 1, 1), (256, 1, 1), 0),
+                )?;
                 let mut b = stream.launch_builder(&f_v);
-                b.arg(&wd).arg(&ws).arg(&kbi).arg(&e5m2).arg(&xf).arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
-                return launch(self, &f_v, "gemv_fp8_block", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0));
+                b.arg(&wd)
+                    .arg(&ws)
+                    .arg(&kbi)
+                    .arg(&e5m2)
+                    .arg(&xf)
+                    .arg(&mi)
+                    .arg(&ni)
+                    .arg(&ki)
+                    .arg(&mut out);
+                return launch(
+                    self,
+                    &f_v,
+                    "gemv_fp8_block",
+                    b,
+                    config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0),
+                );
             }
             let mut b = stream.launch_builder(&f_g);
-            b.arg(&xq).arg(&xs).arg(&kbi).arg(&one).arg(&wd).arg(&e5m2).arg(&ws).arg(&blk).arg(&kbi).arg(&one);
+            b.arg(&xq)
+                .arg(&xs)
+                .arg(&kbi)
+                .arg(&one)
+                .arg(&wd)
+                .arg(&e5m2)
+                .arg(&ws)
+                .arg(&blk)
+                .arg(&kbi)
+                .arg(&one);
             b.arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
-            launch(self, &f_g, "fp8_block_gemm", b, config((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0))
+            launch(
+                self,
+                &f_g,
+                "fp8_block_gemm",
+                b,
+                config((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0),
+            )
         })?;
         Ok(GemmRun {
             out: self.download(&out)?,

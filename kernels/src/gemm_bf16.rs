@@ -21,7 +21,9 @@ pub(crate) fn check_dims(m: usize, n: usize, k: usize) -> KResult<()> {
         .and(m.checked_mul(n).and_then(|v| v.checked_mul(4)))
         .ok_or_else(|| KernelError::Shape(format!("GEMM m={m} n={n} k={k} overflows")))?;
     if m > i32::MAX as usize || n > i32::MAX as usize || k > i32::MAX as usize {
-        return Err(KernelError::Shape(format!("GEMM m={m} n={n} k={k} exceeds 32-bit dimensions")));
+        return Err(KernelError::Shape(format!(
+            "GEMM m={m} n={n} k={k} exceeds 32-bit dimensions"
+        )));
     }
     Ok(())
 }
@@ -38,7 +40,15 @@ pub(crate) fn bits_f16(v: &[half::f16]) -> &[u16] {
 
 impl Gpu {
     /// cuBLAS BF16: `out[m, n] = x[m, k] · w[n, k]ᵀ` (FP32 accumulation, BF16 result).
-    pub fn gemm_bf16(&self, x: &[bf16], w: &[bf16], m: usize, n: usize, k: usize, reps: usize) -> KResult<GemmRun> {
+    pub fn gemm_bf16(
+        &self,
+        x: &[bf16],
+        w: &[bf16],
+        m: usize,
+        n: usize,
+        k: usize,
+        reps: usize,
+    ) -> KResult<GemmRun> {
         check_dims(m, n, k)?;
         check_len("x", x.len(), m * k)?;
         check_len("w", w.len(), n * k)?;
@@ -49,7 +59,10 @@ impl Gpu {
             blas::gemm_16(self, &xd, &wd, ElemType::Bf16, &mut out, ElemType::Bf16, (m, n, k))
         })?;
         let bytes = self.download(&out)?;
-        let out = bytes.chunks_exact(2).map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect();
+        let out = bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect();
         Ok(GemmRun { out, micros, backend: "cublas bf16 (bf16 out)".to_string() })
     }
 }

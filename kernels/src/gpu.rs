@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
 
 use crate::blas::Blas;
 use crate::error::{KResult, KernelError};
@@ -82,7 +84,9 @@ impl Gpu {
 
     /// Number of streaming multiprocessors.
     pub fn sm_count(&self) -> KResult<u32> {
-        Ok(self.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32)
+        Ok(self.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )? as u32)
     }
 
     /// The module compiled from `src` for this device: compiled (or read from the disk cache)
@@ -99,9 +103,9 @@ impl Gpu {
                 // A stale or damaged cache entry: compile afresh once.
                 nvrtc::evict(src, &self.arch);
                 let cubin = nvrtc::compile_for_arch(src, &self.arch)?;
-                self.ctx
-                    .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-                    .map_err(|e| KernelError::Cuda(format!("loading {} for {}: {e}", src.name, self.arch)))?
+                self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(|e| {
+                    KernelError::Cuda(format!("loading {} for {}: {e}", src.name, self.arch))
+                })?
             }
         };
         modules.insert(src.name, module.clone());
@@ -117,10 +121,7 @@ impl Gpu {
 
     /// cuBLAS + cuBLASLt, created on first use (their libraries are probed first).
     pub(crate) fn blas(&self) -> KResult<Arc<Blas>> {
-        self.blas
-            .get_or_init(|| Blas::new(self).map(Arc::new))
-            .clone()
-            .map_err(KernelError::NoGpu)
+        self.blas.get_or_init(|| Blas::new(self).map(Arc::new)).clone().map_err(KernelError::NoGpu)
     }
 
     /// Copies `host` to a new device buffer.

@@ -24,7 +24,14 @@ fn shape_err(msg: String) -> KernelError {
 
 /// Number of groups from a scale tensor of `len` values with `per` values per group; checks
 /// that every k has a group (no out-of-bounds group index on the GPU).
-fn groups_of(what: &str, len: usize, per: usize, k: usize, group: usize, g_idx: Option<&[i32]>) -> KResult<usize> {
+fn groups_of(
+    what: &str,
+    len: usize,
+    per: usize,
+    k: usize,
+    group: usize,
+    g_idx: Option<&[i32]>,
+) -> KResult<usize> {
     if per == 0 || len % per != 0 || len == 0 {
         return Err(shape_err(format!("{what}: {len} scales is not a positive multiple of {per}")));
     }
@@ -32,8 +39,12 @@ fn groups_of(what: &str, len: usize, per: usize, k: usize, group: usize, g_idx: 
     match g_idx {
         Some(gi) => {
             check_len("g_idx", gi.len(), k)?;
-            if let Some((i, g)) = gi.iter().enumerate().find(|(_, &g)| g < 0 || g as usize >= groups) {
-                return Err(shape_err(format!("g_idx[{i}] = {g} is outside the {groups} groups of the scales")));
+            if let Some((i, g)) =
+                gi.iter().enumerate().find(|(_, &g)| g < 0 || g as usize >= groups)
+            {
+                return Err(shape_err(format!(
+                    "g_idx[{i}] = {g} is outside the {groups} groups of the scales"
+                )));
             }
         }
         None => {
@@ -50,18 +61,40 @@ fn groups_of(what: &str, len: usize, per: usize, k: usize, group: usize, g_idx: 
 
 impl Gpu {
     /// `out[m, n] = x[m, k] · W[n, k]ᵀ` with `W` dequantized from the stored int4 tensors.
-    pub fn int4_gemm(&self, x: &[f16], m: usize, n: usize, k: usize, w: Int4Weights<'_>, reps: usize) -> KResult<GemmRun> {
+    pub fn int4_gemm(
+        &self,
+        x: &[f16],
+        m: usize,
+        n: usize,
+        k: usize,
+        w: Int4Weights<'_>,
+        reps: usize,
+    ) -> KResult<GemmRun> {
         check_dims(m, n, k)?;
         check_len("x", x.len(), m * k)?;
         match w {
             Int4Weights::Gptq { qweight, qzeros, scales, g_idx, v2, group } => {
                 if k % 8 != 0 || n % 8 != 0 {
-                    return Err(shape_err(format!("GPTQ needs k and n multiples of 8 (k = {k}, n = {n})")));
+                    return Err(shape_err(format!(
+                        "GPTQ needs k and n multiples of 8 (k = {k}, n = {n})"
+                    )));
                 }
                 check_len("GPTQ qweight", qweight.len(), k / 8 * n)?;
                 let groups = groups_of("GPTQ scales", scales.len(), n, k, group, g_idx)?;
                 check_len("GPTQ qzeros", qzeros.len(), groups * n / 8)?;
-                self.int4_columns(x, (m, n, k), true, qweight, qzeros, scales, g_idx, group, if v2 { 0 } else { 1 }, w.format_name(), reps)
+                self.int4_columns(
+                    x,
+                    (m, n, k),
+                    true,
+                    qweight,
+                    qzeros,
+                    scales,
+                    g_idx,
+                    group,
+                    if v2 { 0 } else { 1 },
+                    w.format_name(),
+                    reps,
+                )
             }
             Int4Weights::Awq { qweight, qzeros, scales, group } => {
                 if n % 8 != 0 {
@@ -70,13 +103,30 @@ impl Gpu {
                 check_len("AWQ qweight", qweight.len(), k * n / 8)?;
                 let groups = groups_of("AWQ scales", scales.len(), n, k, group, None)?;
                 check_len("AWQ qzeros", qzeros.len(), groups * n / 8)?;
-                self.int4_columns(x, (m, n, k), false, qweight, qzeros, scales, None, group, 0, "awq", reps)
+                self.int4_columns(
+                    x,
+                    (m, n, k),
+                    false,
+                    qweight,
+                    qzeros,
+                    scales,
+                    None,
+                    group,
+                    0,
+                    "awq",
+                    reps,
+                )
             }
             Int4Weights::Compressed { packed, scales, zero_points, g_idx, group } => {
                 check_len("compressed-tensors weight_packed", packed.len(), n * k.div_ceil(8))?;
-                let groups = groups_of("compressed-tensors weight_scale", scales.len(), n, k, group, g_idx)?;
+                let groups =
+                    groups_of("compressed-tensors weight_scale", scales.len(), n, k, group, g_idx)?;
                 if let Some(zp) = zero_points {
-                    check_len("compressed-tensors weight_zero_point", zp.len(), n.div_ceil(8) * groups)?;
+                    check_len(
+                        "compressed-tensors weight_zero_point",
+                        zp.len(),
+                        n.div_ceil(8) * groups,
+                    )?;
                 }
                 self.int4_ct(x, (m, n, k), packed, scales, zero_points, g_idx, group, groups, reps)
             }
@@ -118,7 +168,8 @@ impl Gpu {
         let k_rows = if gptq { k / 8 } else { k };
         let sms = self.sm_count()? as usize;
         let ksplit = (4 * sms).div_ceil(grid_x as usize).clamp(1, k_rows.div_ceil(KSLICES).max(1));
-        let mut partial: Option<CudaSlice<f32>> = if ksplit > 1 { Some(self.zeros::<f32>(ksplit * m * n)?) } else { None };
+        let mut partial: Option<CudaSlice<f32>> =
+            if ksplit > 1 { Some(self.zeros::<f32>(ksplit * m * n)?) } else { None };
         let splits = ksplit as i32;
         self.dequant_gemm(
             (m, n, k),
@@ -146,7 +197,13 @@ impl Gpu {
                         launch(self, &f_gemv, "int4 column gemv", b, cfg)?;
                         let mut r = stream.launch_builder(&f_red);
                         r.arg(&*p).arg(&splits).arg(&mi).arg(&ni).arg(out);
-                        launch(self, &f_red, "reduce_partials", r, config((blocks(m * n, 256)?, 1, 1), (256, 1, 1), 0))
+                        launch(
+                            self,
+                            &f_red,
+                            "reduce_partials",
+                            r,
+                            config((blocks(m * n, 256)?, 1, 1), (256, 1, 1), 0),
+                        )
                     }
                     None => {
                         b.arg(out);
@@ -169,7 +226,13 @@ impl Gpu {
                     b.arg(&zero_add);
                 }
                 b.arg(&ni).arg(&ki).arg(w16);
-                launch(self, &f_deq, "int4 dequant", b, config((blocks(words, 256)?, 1, 1), (256, 1, 1), 0))
+                launch(
+                    self,
+                    &f_deq,
+                    "int4 dequant",
+                    b,
+                    config((blocks(words, 256)?, 1, 1), (256, 1, 1), 0),
+                )
             },
             &format!("{name}{}", if g_idx.is_some() { " act-order" } else { "" }),
         )
@@ -222,7 +285,13 @@ impl Gpu {
                     None => b.arg(&null),
                 };
                 b.arg(&gs).arg(&gn).arg(&xd).arg(&xvec).arg(&mi).arg(&ni).arg(&ki).arg(out);
-                launch(self, &f_gemv, "ct gemv", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
+                launch(
+                    self,
+                    &f_gemv,
+                    "ct gemv",
+                    b,
+                    config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0),
+                )
             },
             |w16| {
                 let mut b = stream.launch_builder(&f_deq);
@@ -236,7 +305,13 @@ impl Gpu {
                     None => b.arg(&null),
                 };
                 b.arg(&gs).arg(&gn).arg(&ni).arg(&ki).arg(w16);
-                launch(self, &f_deq, "ct dequant", b, config((blocks(n * k.div_ceil(32), 256)?, 1, 1), (256, 1, 1), 0))
+                launch(
+                    self,
+                    &f_deq,
+                    "ct dequant",
+                    b,
+                    config((blocks(n * k.div_ceil(32), 256)?, 1, 1), (256, 1, 1), 0),
+                )
             },
             &name,
         )

@@ -16,13 +16,18 @@ use crate::gpu::Gpu;
 const DEFAULT_SMEM: u32 = 48 * 1024;
 
 /// A launch configuration: grid, block, dynamic shared memory in bytes.
-pub fn config(grid: (u32, u32, u32), block: (u32, u32, u32), shared_mem_bytes: u32) -> LaunchConfig {
+pub fn config(
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    shared_mem_bytes: u32,
+) -> LaunchConfig {
     LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes }
 }
 
 /// `ceil(a / b)` as a grid dimension, failing instead of overflowing `u32`.
 pub fn blocks(a: usize, b: usize) -> KResult<u32> {
-    u32::try_from(a.div_ceil(b)).map_err(|_| KernelError::Launch(format!("{a} / {b} blocks exceed the grid limit")))
+    u32::try_from(a.div_ceil(b))
+        .map_err(|_| KernelError::Launch(format!("{a} / {b} blocks exceed the grid limit")))
 }
 
 /// Checks `cfg` against `func`'s and the device's limits, raises the function's dynamic
@@ -30,7 +35,13 @@ pub fn blocks(a: usize, b: usize) -> KResult<u32> {
 ///
 /// `what` names the kernel in errors. The argument list inside `args` must match the kernel's
 /// signature; callers in this crate keep each wrapper next to its kernel's signature comment.
-pub(crate) fn launch(gpu: &Gpu, func: &CudaFunction, what: &str, mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> KResult<()> {
+pub(crate) fn launch(
+    gpu: &Gpu,
+    func: &CudaFunction,
+    what: &str,
+    mut args: LaunchArgs<'_>,
+    cfg: LaunchConfig,
+) -> KResult<()> {
     check(gpu, func, what, &cfg)?;
     // SAFETY: the configuration is within the device's and function's limits (checked above);
     // the argument list matches the kernel signature (the wrappers' responsibility, see module
@@ -45,7 +56,9 @@ fn check(gpu: &Gpu, func: &CudaFunction, what: &str, cfg: &LaunchConfig) -> KRes
     let threads = bx as u64 * by as u64 * bz as u64;
     let fn_max = func.get_attribute(FnAttr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)? as u64;
     if threads == 0 || threads > fn_max {
-        return err(format!("{threads} threads per block (this kernel allows 1..={fn_max} at its register count)"));
+        return err(format!(
+            "{threads} threads per block (this kernel allows 1..={fn_max} at its register count)"
+        ));
     }
     let (gx, gy, gz) = cfg.grid_dim;
     let gmax = (
@@ -54,11 +67,15 @@ fn check(gpu: &Gpu, func: &CudaFunction, what: &str, cfg: &LaunchConfig) -> KRes
         gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)? as u32,
     );
     if gx == 0 || gy == 0 || gz == 0 || gx > gmax.0 || gy > gmax.1 || gz > gmax.2 {
-        return err(format!("grid ({gx}, {gy}, {gz}) outside 1..=({}, {}, {})", gmax.0, gmax.1, gmax.2));
+        return err(format!(
+            "grid ({gx}, {gy}, {gz}) outside 1..=({}, {}, {})",
+            gmax.0, gmax.1, gmax.2
+        ));
     }
     let smem = cfg.shared_mem_bytes;
     if smem > DEFAULT_SMEM {
-        let optin = gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
+        let optin =
+            gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
         let static_smem = func.get_attribute(FnAttr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)? as u32;
         if smem + static_smem > optin {
             return err(format!("{smem} B dynamic + {static_smem} B static shared memory exceed the device's {optin} B"));

@@ -20,14 +20,14 @@ pub mod timing;
 
 mod blas;
 mod dequant_gemm;
+pub mod fp8;
 mod gemm_bf16;
 pub mod gguf;
 pub mod int4;
 pub mod nvfp4;
-pub mod fp8;
 
-pub use error::{KResult, KernelError};
 pub use dequant_gemm::GEMV_MAX_M;
+pub use error::{KResult, KernelError};
 pub use fp8::{Fp8Options, Fp8Path};
 pub use gpu::Gpu;
 pub use nvrtc::{arch_for, compile_for_arch, KernelSource};

@@ -53,7 +53,9 @@ fn site_packages() -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(venv.join("lib")) else { continue };
         let mut pythons: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python")))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python"))
+            })
             .collect();
         pythons.sort();
         out.extend(pythons.into_iter().map(|p| p.join("site-packages")));

@@ -45,29 +45,42 @@ pub struct MarlinConfig {
     pub stages: usize,
     /// CTAs per SM the kernel's registers were budgeted for (`__launch_bounds__`).
     pub min_blocks: usize,
+    /// Whether weight copies ask L2 for 256-byte DRAM fetches (`cp.async…L2::256B`).
+    pub prefetch: bool,
 }
 
-/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks)` instantiated in marlin.cu.
-pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize); 19] = [
-    (1, 2, 8, 4, 1),
-    (2, 2, 8, 4, 1),
-    (3, 2, 8, 4, 1),
-    (4, 2, 8, 4, 1),
-    (1, 4, 8, 4, 1),
-    (2, 4, 8, 4, 1),
-    (3, 4, 8, 4, 1),
-    (4, 4, 8, 4, 1),
-    (1, 1, 8, 4, 1),
-    (2, 1, 8, 4, 1),
-    (3, 1, 8, 4, 1),
-    (4, 1, 8, 4, 1),
-    (1, 2, 8, 4, 2),
-    (1, 4, 8, 3, 2),
-    (1, 4, 4, 4, 2),
-    (1, 1, 16, 4, 2),
-    (1, 2, 16, 3, 1),
-    (1, 2, 16, 3, 2),
-    (1, 4, 16, 3, 1),
+/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch)` instantiated in marlin.cu.
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 30] = [
+    (1, 2, 8, 4, 1, false),
+    (2, 2, 8, 4, 1, false),
+    (3, 2, 8, 4, 1, false),
+    (4, 2, 8, 4, 1, false),
+    (1, 4, 8, 4, 1, false),
+    (2, 4, 8, 4, 1, false),
+    (3, 4, 8, 4, 1, false),
+    (4, 4, 8, 4, 1, false),
+    (1, 1, 8, 4, 1, false),
+    (2, 1, 8, 4, 1, false),
+    (3, 1, 8, 4, 1, false),
+    (4, 1, 8, 4, 1, false),
+    (1, 2, 8, 4, 1, true),
+    (2, 2, 8, 4, 1, true),
+    (3, 2, 8, 4, 1, true),
+    (4, 2, 8, 4, 1, true),
+    (1, 4, 8, 4, 1, true),
+    (2, 4, 8, 4, 1, true),
+    (3, 4, 8, 4, 1, true),
+    (4, 4, 8, 4, 1, true),
+    (1, 1, 8, 4, 1, true),
+    (2, 1, 8, 4, 1, true),
+    (3, 1, 8, 4, 1, true),
+    (4, 1, 8, 4, 1, true),
+    (1, 2, 8, 4, 2, true),
+    (1, 1, 16, 4, 2, false),
+    (1, 1, 16, 4, 2, true),
+    (1, 2, 16, 3, 1, false),
+    (1, 2, 16, 3, 1, true),
+    (1, 4, 16, 3, 1, true),
 ];
 
 impl MarlinConfig {
@@ -77,20 +90,29 @@ impl MarlinConfig {
         k_tiles: usize,
         stages: usize,
         min_blocks: usize,
+        prefetch: bool,
     ) -> Self {
-        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks }
+        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch }
     }
 
     /// Every configuration compiled into marlin.cu.
     pub fn all() -> Vec<MarlinConfig> {
-        MARLIN_CONFIGS.iter().map(|&(m, n, k, s, o)| MarlinConfig::new(m, n, k, s, o)).collect()
+        MARLIN_CONFIGS
+            .iter()
+            .map(|&(m, n, k, s, o, p)| MarlinConfig::new(m, n, k, s, o, p))
+            .collect()
     }
 
     /// The kernel's `extern "C"` name.
     pub fn kernel_name(&self) -> String {
         format!(
-            "marlin_w4a16_m{}_n{}_k{}_s{}_o{}",
-            self.m_blocks, self.n_chunks, self.k_tiles, self.stages, self.min_blocks
+            "marlin_w4a16_m{}_n{}_k{}_s{}_o{}_p{}",
+            self.m_blocks,
+            self.n_chunks,
+            self.k_tiles,
+            self.stages,
+            self.min_blocks,
+            self.prefetch as u8
         )
     }
 
@@ -138,7 +160,7 @@ pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option
     };
     prefs
         .iter()
-        .map(|&(nc, kt, st, o)| MarlinConfig::new(m_blocks, nc, kt, st, o))
+        .map(|&(nc, kt, st, o)| MarlinConfig::new(m_blocks, nc, kt, st, o, false))
         .find(|c| c.fits(n, k) && c.smem_bytes() <= smem_optin)
 }
 
@@ -599,13 +621,16 @@ mod tests {
             {
                 let v = nums(args);
                 entries.extend(
-                    (1..=4).map(|mb| MarlinConfig::new(mb, v[0], v[1], v[2], 1).kernel_name()),
+                    (1..=4).map(|mb| {
+                        MarlinConfig::new(mb, v[0], v[1], v[2], 1, v[3] == 1).kernel_name()
+                    }),
                 );
             } else if let Some(args) =
                 line.strip_prefix("MARLIN_ENTRY(").and_then(|r| r.strip_suffix(')'))
             {
                 let v = nums(args);
-                entries.push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4]).kernel_name());
+                entries
+                    .push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4], v[5] == 1).kernel_name());
             }
         }
         let mut names: Vec<String> = MarlinConfig::all().iter().map(|c| c.kernel_name()).collect();
@@ -614,7 +639,7 @@ mod tests {
         assert_eq!(entries, names);
         assert!(MARLIN_SOURCE
             .code
-            .contains("marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC"));
+            .contains("marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC##_p##PF"));
     }
 
     #[test]

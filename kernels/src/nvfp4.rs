@@ -25,7 +25,9 @@ fn geometry(n: usize, k: usize, layout: ScaleLayout) -> KResult<(usize, usize, u
     match layout {
         ScaleLayout::Linear => {
             if k % 16 != 0 {
-                return Err(KernelError::Shape(format!("NVFP4 linear layout needs k % 16 == 0, k = {k}")));
+                return Err(KernelError::Shape(format!(
+                    "NVFP4 linear layout needs k % 16 == 0, k = {k}"
+                )));
             }
             Ok((k / 2, n, k / 16, n * (k / 16)))
         }
@@ -84,15 +86,39 @@ impl Gpu {
             || self.upload(bits_bf16(x)),
             |out| {
                 let mut b = stream.launch_builder(&f_gemv);
-                b.arg(&wd).arg(&row_bytes_u).arg(&sd).arg(&scale_cols_i).arg(&swz).arg(&even_high).arg(&global);
+                b.arg(&wd)
+                    .arg(&row_bytes_u)
+                    .arg(&sd)
+                    .arg(&scale_cols_i)
+                    .arg(&swz)
+                    .arg(&even_high)
+                    .arg(&global);
                 b.arg(&xd).arg(&xvec).arg(&mi).arg(&ni).arg(&ki).arg(out);
-                launch(self, &f_gemv, "nvfp4 gemv", b, config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0))
+                launch(
+                    self,
+                    &f_gemv,
+                    "nvfp4 gemv",
+                    b,
+                    config((blocks(n, GEMV_ROWS_PER_BLOCK)?, 1, 1), (GEMV_THREADS, 1, 1), 0),
+                )
             },
             |w16| {
                 let mut b = stream.launch_builder(&f_deq);
-                b.arg(&wd).arg(&row_bytes_u).arg(&sd).arg(&scale_cols_i).arg(&swz).arg(&even_high).arg(&global);
+                b.arg(&wd)
+                    .arg(&row_bytes_u)
+                    .arg(&sd)
+                    .arg(&scale_cols_i)
+                    .arg(&swz)
+                    .arg(&even_high)
+                    .arg(&global);
                 b.arg(&ni).arg(&ki).arg(w16);
-                launch(self, &f_deq, "nvfp4 dequant", b, config((blocks(n * k.div_ceil(32), 256)?, 1, 1), (256, 1, 1), 0))
+                launch(
+                    self,
+                    &f_deq,
+                    "nvfp4 dequant",
+                    b,
+                    config((blocks(n * k.div_ceil(32), 256)?, 1, 1), (256, 1, 1), 0),
+                )
             },
             &name,
         )

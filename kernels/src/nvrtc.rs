@@ -34,7 +34,8 @@ macro_rules! kernel_source {
 }
 
 /// The header every program may `#include "qtool_common.cuh"`.
-pub const COMMON_HEADER: (&str, &str) = ("qtool_common.cuh", include_str!("../cuda/qtool_common.cuh"));
+pub const COMMON_HEADER: (&str, &str) =
+    ("qtool_common.cuh", include_str!("../cuda/qtool_common.cuh"));
 
 /// The NVRTC architecture name for a compute capability: the `a` (architecture-specific)
 /// variants on 9.0 and 10.0 so `wgmma`/`setmaxnreg`-class instructions are allowed there.
@@ -51,7 +52,9 @@ pub fn nvrtc_version() -> KResult<(i32, i32)> {
     static V: OnceLock<Result<(i32, i32), String>> = OnceLock::new();
     V.get_or_init(|| {
         if libs::nvrtc_library().is_none() {
-            return Err("NVRTC library not found (set QTOOL_NVRTC_LIB or install nvidia-cuda-nvrtc)".into());
+            return Err(
+                "NVRTC library not found (set QTOOL_NVRTC_LIB or install nvidia-cuda-nvrtc)".into(),
+            );
         }
         let (mut major, mut minor) = (0, 0);
         // SAFETY: valid out-pointers; the library was found above, so cudarc's load succeeds.
@@ -106,8 +109,10 @@ pub fn compile_for_arch(src: &KernelSource, arch: &str) -> KResult<Vec<u8>> {
         ))
     })?;
     let nvrtc_err = |log: String| KernelError::Nvrtc { kernel: src.name.to_string(), log };
-    let code = CString::new(src.code).map_err(|_| nvrtc_err("source contains a NUL byte".into()))?;
-    let name = CString::new(format!("{}.cu", src.name)).map_err(|_| nvrtc_err("bad name".into()))?;
+    let code =
+        CString::new(src.code).map_err(|_| nvrtc_err("source contains a NUL byte".into()))?;
+    let name =
+        CString::new(format!("{}.cu", src.name)).map_err(|_| nvrtc_err("bad name".into()))?;
     let header_name = CString::new(COMMON_HEADER.0).expect("static name");
     let header_code = CString::new(COMMON_HEADER.1).expect("static header");
     let headers = [header_code.as_ptr()];
@@ -137,7 +142,8 @@ pub fn compile_for_arch(src: &KernelSource, arch: &str) -> KResult<Vec<u8>> {
     let opt_ptrs: Vec<*const c_char> = c_opts.iter().map(|o| o.as_ptr()).collect();
 
     // SAFETY: `prog` is a live program; the option pointers outlive the call.
-    let compiled = unsafe { sys::nvrtcCompileProgram(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
+    let compiled =
+        unsafe { sys::nvrtcCompileProgram(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
     let result = if compiled == sys::nvrtcResult::NVRTC_SUCCESS {
         // SAFETY: `prog` compiled successfully.
         unsafe { cubin_of(prog) }.map_err(|e| nvrtc_err(format!("nvrtcGetCUBIN: {e:?}")))
@@ -206,7 +212,8 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// 64-bit FNV-1a, run twice with different offsets for a 128-bit cache key. Not cryptographic:
 /// it only has to keep distinct (source, header, arch, NVRTC, options) tuples apart.
 fn cache_key(src: &KernelSource, arch: &str, version: (i32, i32)) -> String {
-    let mut parts: Vec<&[u8]> = vec![src.code.as_bytes(), COMMON_HEADER.1.as_bytes(), arch.as_bytes()];
+    let mut parts: Vec<&[u8]> =
+        vec![src.code.as_bytes(), COMMON_HEADER.1.as_bytes(), arch.as_bytes()];
     let v = format!("{}.{}", version.0, version.1);
     parts.push(v.as_bytes());
     let opts = base_options(std::path::Path::new("")).join(" ");
@@ -227,7 +234,13 @@ fn cache_key(src: &KernelSource, arch: &str, version: (i32, i32)) -> String {
 pub fn cache_path(src: &KernelSource, arch: &str) -> KResult<Option<PathBuf>> {
     let version = nvrtc_version()?;
     Ok(cache_dir().map(|d| {
-        d.join(format!("{}-{arch}-nvrtc{}.{}-{}.cubin", src.name, version.0, version.1, cache_key(src, arch, version)))
+        d.join(format!(
+            "{}-{arch}-nvrtc{}.{}-{}.cubin",
+            src.name,
+            version.0,
+            version.1,
+            cache_key(src, arch, version)
+        ))
     }))
 }
 
@@ -266,7 +279,11 @@ fn store(path: &std::path::Path, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("k"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("k"),
+        std::process::id()
+    ));
     if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

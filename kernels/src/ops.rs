@@ -64,14 +64,27 @@ pub enum Int4Weights<'a> {
     /// GPTQ (AutoGPTQ / GPTQModel): `qweight [k/8, n]` packed along k, `qzeros [G, n/8]`
     /// packed along n (`v2 == false`: stores zero − 1), `scales [G, n]`, optional `g_idx [k]`
     /// (act-order); without it, group = k / group.
-    Gptq { qweight: &'a [i32], qzeros: &'a [i32], scales: &'a [f32], g_idx: Option<&'a [i32]>, v2: bool, group: usize },
+    Gptq {
+        qweight: &'a [i32],
+        qzeros: &'a [i32],
+        scales: &'a [f32],
+        g_idx: Option<&'a [i32]>,
+        v2: bool,
+        group: usize,
+    },
     /// AutoAWQ GEMM: `qweight [k, n/8]` and `qzeros [G, n/8]` packed along n with the
     /// `[0,2,4,6,1,3,5,7]` interleave, `scales [G, n]`.
     Awq { qweight: &'a [i32], qzeros: &'a [i32], scales: &'a [f32], group: usize },
     /// compressed-tensors pack-quantized: `weight_packed [n, k/8]` (values + 8),
     /// `weight_scale [n, G]`, optional `weight_zero_point [n/8, G]` (packed along n, + 8),
     /// optional `weight_g_idx [k]`.
-    Compressed { packed: &'a [i32], scales: &'a [f32], zero_points: Option<&'a [i32]>, g_idx: Option<&'a [i32]>, group: usize },
+    Compressed {
+        packed: &'a [i32],
+        scales: &'a [f32],
+        zero_points: Option<&'a [i32]>,
+        g_idx: Option<&'a [i32]>,
+        group: usize,
+    },
 }
 
 impl Int4Weights<'_> {

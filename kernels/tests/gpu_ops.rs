@@ -7,7 +7,10 @@
 
 use half::{bf16, f16};
 use qtool_formats::codec::{Fp8Format, Overflow};
-use qtool_kernels::{Fp8Kind, Fp8Options, Fp8Path, Fp8Scale, GgmlType, Gpu, Int4Weights, KernelError, NibbleOrder, ScaleLayout};
+use qtool_kernels::{
+    Fp8Kind, Fp8Options, Fp8Path, Fp8Scale, GgmlType, Gpu, Int4Weights, KernelError, NibbleOrder,
+    ScaleLayout,
+};
 use qtool_quantizers::float::nvfp4::{self, Layout, Producer};
 use qtool_quantizers::float::{Matrix, Options};
 use qtool_quantizers::int::{self, rtn, GptqZeros};
@@ -95,7 +98,12 @@ fn gemm_bf16_matches_cpu() {
         let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
         let run = g.gemm_bf16(&x, &w, m, n, k, 2).unwrap();
         // BF16 output: one rounding of each result.
-        check(&format!("bf16 {m}x{n}x{k} [{}]", run.backend), &run.out, &cpu_gemm(&xf, &wf, m, n, k), 8e-3);
+        check(
+            &format!("bf16 {m}x{n}x{k} [{}]", run.backend),
+            &run.out,
+            &cpu_gemm(&xf, &wf, m, n, k),
+            8e-3,
+        );
         assert!(run.micros > 0.0);
     }
 }
@@ -108,14 +116,17 @@ fn fp8_weight(kind: Fp8Kind, seed: u64, len: usize) -> (Vec<u8>, Vec<f32>) {
     };
     // Values spread over the format's useful range, encoded by qtool's CPU codec.
     let range = if kind == Fp8Kind::E4M3 { 400.0 } else { 3000.0 };
-    let codes: Vec<u8> = values(seed, len).into_iter().map(|v| fmt.encode(v * range, Overflow::Saturate)).collect();
+    let codes: Vec<u8> =
+        values(seed, len).into_iter().map(|v| fmt.encode(v * range, Overflow::Saturate)).collect();
     let vals = codes.iter().map(|&c| fmt.decode(c)).collect();
     (codes, vals)
 }
 
 /// The CPU twin of the GPU's activation quantization: `e4m3(x / s)`, dequantized.
 fn quant_act(x: &[f32], s: f32) -> Vec<f32> {
-    x.iter().map(|&v| Fp8Format::E4M3Fn.decode(Fp8Format::E4M3Fn.encode(v / s, Overflow::Saturate)) * s).collect()
+    x.iter()
+        .map(|&v| Fp8Format::E4M3Fn.decode(Fp8Format::E4M3Fn.encode(v / s, Overflow::Saturate)) * s)
+        .collect()
 }
 
 fn dyn_scale(x: &[f32]) -> f32 {
@@ -140,8 +151,26 @@ fn fp8_per_tensor_and_per_channel_match_cpu() {
                 // Fast accumulation (the default, as runtimes run it) and FP32-promoted sums.
                 for (fast_accum, tol) in [(true, LT_FP8_TOL), (false, LT_FP8_TOL)] {
                     let opts = Fp8Options { path: Fp8Path::Auto, fast_accum };
-                    let run = g.fp8_gemm_with(&x, m, n, k, &codes, kind, &Fp8Scale::PerTensor(ws), input_scale, opts, 2).unwrap();
-                    check(&format!("fp8 {kind:?} per-tensor {m}x{n}x{k} [{}]", run.backend), &run.out, &reference, tol);
+                    let run = g
+                        .fp8_gemm_with(
+                            &x,
+                            m,
+                            n,
+                            k,
+                            &codes,
+                            kind,
+                            &Fp8Scale::PerTensor(ws),
+                            input_scale,
+                            opts,
+                            2,
+                        )
+                        .unwrap();
+                    check(
+                        &format!("fp8 {kind:?} per-tensor {m}x{n}x{k} [{}]", run.backend),
+                        &run.out,
+                        &reference,
+                        tol,
+                    );
                 }
             }
             // Per-channel, every implementation.
@@ -150,10 +179,28 @@ fn fp8_per_tensor_and_per_channel_match_cpu() {
             let reference = cpu_gemm(&quant_act(&xf, dyn_scale(&xf)), &wf, m, n, k);
             for path in [Fp8Path::Auto, Fp8Path::AlphaVector, Fp8Path::PostScale] {
                 let opts = Fp8Options { path, fast_accum: false };
-                match g.fp8_gemm_with(&x, m, n, k, &codes, kind, &Fp8Scale::PerChannel(scales.clone()), None, opts, 2) {
-                    Ok(run) => check(&format!("fp8 {kind:?} per-channel {path:?} {m}x{n}x{k} [{}]", run.backend), &run.out, &reference, LT_FP8_TOL),
+                match g.fp8_gemm_with(
+                    &x,
+                    m,
+                    n,
+                    k,
+                    &codes,
+                    kind,
+                    &Fp8Scale::PerChannel(scales.clone()),
+                    None,
+                    opts,
+                    2,
+                ) {
+                    Ok(run) => check(
+                        &format!("fp8 {kind:?} per-channel {path:?} {m}x{n}x{k} [{}]", run.backend),
+                        &run.out,
+                        &reference,
+                        LT_FP8_TOL,
+                    ),
                     // cuBLASLt may lack the alpha-vector mode for FP8; Auto then uses another path.
-                    Err(KernelError::Blas(msg)) if path == Fp8Path::AlphaVector => println!("fp8 {kind:?} alpha vector unavailable: {msg}"),
+                    Err(KernelError::Blas(msg)) if path == Fp8Path::AlphaVector => {
+                        println!("fp8 {kind:?} alpha vector unavailable: {msg}")
+                    }
                     Err(e) => panic!("fp8 {kind:?} per-channel {path:?}: {e}"),
                 }
             }
@@ -177,7 +224,11 @@ fn fp8_block128_matches_cpu() {
         let bs: Vec<f32> = values(7, nb * kb).into_iter().map(|v| 0.002 + 0.001 * v).collect();
         for kind in [Fp8Kind::E4M3, Fp8Kind::E5M2] {
             let (codes, wv) = fp8_weight(kind, 8, n * k);
-            let wf: Vec<f32> = wv.iter().enumerate().map(|(i, v)| v * bs[(i / k / 128) * kb + (i % k) / 128]).collect();
+            let wf: Vec<f32> = wv
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * bs[(i / k / 128) * kb + (i % k) / 128])
+                .collect();
             // Activations quantized per 1x128 group, as the GPU does.
             let mut xq = vec![0.0f32; m * k];
             for r in 0..m {
@@ -188,8 +239,15 @@ fn fp8_block128_matches_cpu() {
                     xq[r * k + lo..r * k + hi].copy_from_slice(&quant_act(row, s));
                 }
             }
-            let run = g.fp8_gemm(&x, m, n, k, &codes, kind, &Fp8Scale::Block128(bs.clone()), None, 2).unwrap();
-            check(&format!("fp8 {kind:?} block128 {m}x{n}x{k} [{}]", run.backend), &run.out, &cpu_gemm(&xq, &wf, m, n, k), 1e-4);
+            let run = g
+                .fp8_gemm(&x, m, n, k, &codes, kind, &Fp8Scale::Block128(bs.clone()), None, 2)
+                .unwrap();
+            check(
+                &format!("fp8 {kind:?} block128 {m}x{n}x{k} [{}]", run.backend),
+                &run.out,
+                &cpu_gemm(&xq, &wf, m, n, k),
+                1e-4,
+            );
         }
     }
 }
@@ -199,17 +257,24 @@ fn fp8_rejects_bad_inputs() {
     let Some(g) = gpu() else { return };
     let x = vec![bf16::ZERO; 4 * 32];
     let w = vec![0u8; 16 * 32];
-    let e = g.fp8_gemm(&x, 4, 16, 32, &w[..100], Fp8Kind::E4M3, &Fp8Scale::PerTensor(1.0), None, 0).unwrap_err();
+    let e = g
+        .fp8_gemm(&x, 4, 16, 32, &w[..100], Fp8Kind::E4M3, &Fp8Scale::PerTensor(1.0), None, 0)
+        .unwrap_err();
     assert!(matches!(e, KernelError::Shape(_)), "{e}");
-    let e = g.fp8_gemm(&x, 4, 16, 32, &w, Fp8Kind::E4M3, &Fp8Scale::PerChannel(vec![1.0; 3]), None, 0).unwrap_err();
+    let e = g
+        .fp8_gemm(&x, 4, 16, 32, &w, Fp8Kind::E4M3, &Fp8Scale::PerChannel(vec![1.0; 3]), None, 0)
+        .unwrap_err();
     assert!(matches!(e, KernelError::Shape(_)), "{e}");
-    let e = g.fp8_gemm(&x, 4, 16, 32, &w, Fp8Kind::E4M3, &Fp8Scale::PerTensor(1.0), Some(f32::NAN), 0).unwrap_err();
+    let e = g
+        .fp8_gemm(&x, 4, 16, 32, &w, Fp8Kind::E4M3, &Fp8Scale::PerTensor(1.0), Some(f32::NAN), 0)
+        .unwrap_err();
     assert!(matches!(e, KernelError::Shape(_)), "{e}");
 }
 
 fn nvfp4_case(g: &Gpu, producer: Producer, n: usize, k: usize) {
     let w = values(11, n * k);
-    let t = nvfp4::quantize(&Matrix::new(&w, n, k).unwrap(), producer, &Options::default()).unwrap();
+    let t =
+        nvfp4::quantize(&Matrix::new(&w, n, k).unwrap(), producer, &Options::default()).unwrap();
     let wf = t.dequantize().unwrap();
     let (order, layout) = match t.layout {
         Layout::Comfy => (NibbleOrder::EvenHigh, ScaleLayout::Swizzled),
@@ -220,12 +285,45 @@ fn nvfp4_case(g: &Gpu, producer: Producer, n: usize, k: usize) {
         let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
         let reference = cpu_gemm(&xf, &wf, m, n, k);
         let run = g
-            .nvfp4_gemm(&x, m, n, k, &t.packed, order, &t.block_scales, layout, t.tensor_scale_multiplier(), 2)
+            .nvfp4_gemm(
+                &x,
+                m,
+                n,
+                k,
+                &t.packed,
+                order,
+                &t.block_scales,
+                layout,
+                t.tensor_scale_multiplier(),
+                2,
+            )
             .unwrap();
-        check(&format!("nvfp4 {producer:?} {m}x{n}x{k} [{}]", run.backend), &run.out, &reference, tol_for(m).max(1e-5));
+        check(
+            &format!("nvfp4 {producer:?} {m}x{n}x{k} [{}]", run.backend),
+            &run.out,
+            &reference,
+            tol_for(m).max(1e-5),
+        );
         // The wrong nibble order must not pass: this is what `verify` relies on.
-        let flipped = if order == NibbleOrder::EvenLow { NibbleOrder::EvenHigh } else { NibbleOrder::EvenLow };
-        let bad = g.nvfp4_gemm(&x, m, n, k, &t.packed, flipped, &t.block_scales, layout, t.tensor_scale_multiplier(), 0).unwrap();
+        let flipped = if order == NibbleOrder::EvenLow {
+            NibbleOrder::EvenHigh
+        } else {
+            NibbleOrder::EvenLow
+        };
+        let bad = g
+            .nvfp4_gemm(
+                &x,
+                m,
+                n,
+                k,
+                &t.packed,
+                flipped,
+                &t.block_scales,
+                layout,
+                t.tensor_scale_multiplier(),
+                0,
+            )
+            .unwrap();
         assert!(rel_err(&bad.out, &reference) > 0.05, "flipped nibbles went unnoticed");
     }
 }
@@ -244,23 +342,62 @@ fn nvfp4_swizzled_scales_read_as_linear_fail() {
     let Some(g) = gpu() else { return };
     let (n, k, m) = (256, 128, 2);
     let w = values(13, n * k);
-    let t = nvfp4::quantize(&Matrix::new(&w, n, k).unwrap(), Producer::Comfy, &Options::default()).unwrap();
+    let t = nvfp4::quantize(&Matrix::new(&w, n, k).unwrap(), Producer::Comfy, &Options::default())
+        .unwrap();
     let reference = cpu_gemm(&vec![1.0; m * k], &t.dequantize().unwrap(), m, n, k);
     let x = vec![bf16::ONE; m * k];
     // 256 x 128 needs no padding, so the swizzled bytes have the linear length.
-    let bad = g.nvfp4_gemm(&x, m, n, k, &t.packed, NibbleOrder::EvenHigh, &t.block_scales, ScaleLayout::Linear, t.tensor_scale_multiplier(), 0).unwrap();
+    let bad = g
+        .nvfp4_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &t.packed,
+            NibbleOrder::EvenHigh,
+            &t.block_scales,
+            ScaleLayout::Linear,
+            t.tensor_scale_multiplier(),
+            0,
+        )
+        .unwrap();
     assert!(rel_err(&bad.out, &reference) > 0.05);
-    let good = g.nvfp4_gemm(&x, m, n, k, &t.packed, NibbleOrder::EvenHigh, &t.block_scales, ScaleLayout::Swizzled, t.tensor_scale_multiplier(), 0).unwrap();
+    let good = g
+        .nvfp4_gemm(
+            &x,
+            m,
+            n,
+            k,
+            &t.packed,
+            NibbleOrder::EvenHigh,
+            &t.block_scales,
+            ScaleLayout::Swizzled,
+            t.tensor_scale_multiplier(),
+            0,
+        )
+        .unwrap();
     check("nvfp4 swizzled control", &good.out, &reference, 1e-5);
 }
 
-fn int_quant(n: usize, k: usize, group: usize, symmetric: bool, conv: rtn::Convention, act_order: bool) -> rtn::QuantizedInt {
+fn int_quant(
+    n: usize,
+    k: usize,
+    group: usize,
+    symmetric: bool,
+    conv: rtn::Convention,
+    act_order: bool,
+) -> rtn::QuantizedInt {
     let w = values(21, n * k);
     let g_idx: Option<Vec<u32>> = act_order.then(|| {
         // A fixed column permutation: column c belongs to group ((c * 7) % k) / group.
         (0..k).map(|c| (((c * 7) % k) / group) as u32).collect()
     });
-    let cfg = rtn::RtnConfig { bits: rtn::Bits::B4, group_size: rtn::GroupSize::Size(group), symmetric, convention: conv };
+    let cfg = rtn::RtnConfig {
+        bits: rtn::Bits::B4,
+        group_size: rtn::GroupSize::Size(group),
+        symmetric,
+        convention: conv,
+    };
     rtn::quantize(&w, n, k, &cfg, g_idx.as_deref()).unwrap()
 }
 
@@ -271,7 +408,12 @@ fn run_int4(g: &Gpu, what: &str, q: &rtn::QuantizedInt, w: Int4Weights<'_>) {
         let x: Vec<f16> = values(30 + m as u64, m * k).into_iter().map(f16::from_f32).collect();
         let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
         let run = g.int4_gemm(&x, m, n, k, w, 2).unwrap();
-        check(&format!("{what} {m}x{n}x{k} [{}]", run.backend), &run.out, &cpu_gemm(&xf, &wf, m, n, k), tol_for(m).max(2e-5));
+        check(
+            &format!("{what} {m}x{n}x{k} [{}]", run.backend),
+            &run.out,
+            &cpu_gemm(&xf, &wf, m, n, k),
+            tol_for(m).max(2e-5),
+        );
     }
 }
 
@@ -283,15 +425,34 @@ fn gidx_i32(q: &rtn::QuantizedInt) -> Option<Vec<i32>> {
 fn int4_gptq_matches_cpu() {
     let Some(g) = gpu() else { return };
     let (n, k, group) = (64, 512, 128);
-    for (sym, zeros, act) in [(true, GptqZeros::V1, false), (false, GptqZeros::V2, false), (true, GptqZeros::V1, true), (false, GptqZeros::V2, true)] {
+    for (sym, zeros, act) in [
+        (true, GptqZeros::V1, false),
+        (false, GptqZeros::V2, false),
+        (true, GptqZeros::V1, true),
+        (false, GptqZeros::V2, true),
+    ] {
         let q = int_quant(n, k, group, sym, rtn::Convention::Gptq, act);
         let t = int::pack_gptq(&q, zeros).unwrap();
         let gi = gidx_i32(&q);
-        let w = Int4Weights::Gptq { qweight: &t.qweight, qzeros: &t.qzeros, scales: &t.scales, g_idx: gi.as_deref(), v2: zeros == GptqZeros::V2, group };
+        let w = Int4Weights::Gptq {
+            qweight: &t.qweight,
+            qzeros: &t.qzeros,
+            scales: &t.scales,
+            g_idx: gi.as_deref(),
+            v2: zeros == GptqZeros::V2,
+            group,
+        };
         run_int4(&g, &format!("gptq {zeros:?} sym={sym} act={act}"), &q, w);
         if zeros == GptqZeros::V1 && !act {
             // Reading v1 zeros as v2 must be caught.
-            let bad = Int4Weights::Gptq { qweight: &t.qweight, qzeros: &t.qzeros, scales: &t.scales, g_idx: None, v2: true, group };
+            let bad = Int4Weights::Gptq {
+                qweight: &t.qweight,
+                qzeros: &t.qzeros,
+                scales: &t.scales,
+                g_idx: None,
+                v2: true,
+                group,
+            };
             let x = vec![f16::ONE; k];
             let reference = cpu_gemm(&vec![1.0; k], &rtn::dequantize(&q).unwrap(), 1, n, k);
             assert!(rel_err(&g.int4_gemm(&x, 1, n, k, bad, 0).unwrap().out, &reference) > 0.05);
@@ -305,7 +466,12 @@ fn int4_awq_matches_cpu() {
     let (n, k, group) = (128, 256, 64);
     let q = int_quant(n, k, group, false, rtn::Convention::Awq, false);
     let t = int::pack_awq(&q).unwrap();
-    run_int4(&g, "awq", &q, Int4Weights::Awq { qweight: &t.qweight, qzeros: &t.qzeros, scales: &t.scales, group });
+    run_int4(
+        &g,
+        "awq",
+        &q,
+        Int4Weights::Awq { qweight: &t.qweight, qzeros: &t.qzeros, scales: &t.scales, group },
+    );
 }
 
 #[test]
@@ -335,7 +501,14 @@ fn int4_rejects_out_of_range_g_idx() {
     let t = int::pack_gptq(&q, GptqZeros::V1).unwrap();
     let mut gi = vec![0i32; k];
     gi[9] = 2; // only 2 groups
-    let w = Int4Weights::Gptq { qweight: &t.qweight, qzeros: &t.qzeros, scales: &t.scales, g_idx: Some(&gi), v2: false, group };
+    let w = Int4Weights::Gptq {
+        qweight: &t.qweight,
+        qzeros: &t.qzeros,
+        scales: &t.scales,
+        g_idx: Some(&gi),
+        v2: false,
+        group,
+    };
     let e = g.int4_gemm(&vec![f16::ONE; k], 1, n, k, w, 0).unwrap_err();
     assert!(e.to_string().contains("g_idx[9]"), "{e}");
 }
@@ -354,10 +527,16 @@ fn gguf_types_match_cpu() {
         for m in [1, 4, 12] {
             let x = values(42 + m as u64, m * k);
             let run = g.gguf_gemm(&x, m, n, k, ty, &bytes, 2).unwrap();
-            check(&format!("gguf {} {m}x{n}x{k} [{}]", ty.name(), run.backend), &run.out, &cpu_gemm(&x, &wf, m, n, k), tol_for(m).max(1e-5));
+            check(
+                &format!("gguf {} {m}x{n}x{k} [{}]", ty.name(), run.backend),
+                &run.out,
+                &cpu_gemm(&x, &wf, m, n, k),
+                tol_for(m).max(1e-5),
+            );
         }
     }
-    let e = g.gguf_gemm(&vec![0.0; 512], 1, 1, 512, GgmlType::Q5_K, &[0u8; 176 * 2], 0).unwrap_err();
+    let e =
+        g.gguf_gemm(&vec![0.0; 512], 1, 1, 512, GgmlType::Q5_K, &[0u8; 176 * 2], 0).unwrap_err();
     assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
     let e = g.gguf_gemm(&vec![0.0; 500], 1, 1, 500, GgmlType::Q4_K, &[0u8; 144], 0).unwrap_err();
     assert!(matches!(e, KernelError::Shape(_)), "{e}");
@@ -367,7 +546,12 @@ fn gguf_types_match_cpu() {
 /// (so a device run is never spent on a broken test setup), and the harness itself can fail.
 #[test]
 fn cpu_side_of_every_case_builds() {
-    for (sym, zeros, act) in [(true, GptqZeros::V1, false), (false, GptqZeros::V2, false), (true, GptqZeros::V1, true), (false, GptqZeros::V2, true)] {
+    for (sym, zeros, act) in [
+        (true, GptqZeros::V1, false),
+        (false, GptqZeros::V2, false),
+        (true, GptqZeros::V1, true),
+        (false, GptqZeros::V2, true),
+    ] {
         let q = int_quant(64, 512, 128, sym, rtn::Convention::Gptq, act);
         let t = int::pack_gptq(&q, zeros).unwrap();
         assert_eq!(t.qweight.len(), 512 / 8 * 64);
@@ -375,12 +559,24 @@ fn cpu_side_of_every_case_builds() {
     }
     int::pack_awq(&int_quant(128, 256, 64, false, rtn::Convention::Awq, false)).unwrap();
     for (sym, act) in [(true, false), (false, false), (true, true)] {
-        let t = int::pack_ct(&int_quant(72, 384, 128, sym, rtn::Convention::CompressedTensors, act)).unwrap();
+        let t =
+            int::pack_ct(&int_quant(72, 384, 128, sym, rtn::Convention::CompressedTensors, act))
+                .unwrap();
         assert_eq!(t.weight_zero_point.is_some(), !sym);
         assert_eq!(t.weight_g_idx.is_some(), act);
     }
-    for (p, n, k) in [(Producer::ModelOpt, 48, 96), (Producer::CompressedTensors, 64, 160), (Producer::Comfy, 40, 72), (Producer::Comfy, 136, 256)] {
-        let t = nvfp4::quantize(&Matrix::new(&values(11, n * k), n, k).unwrap(), p, &Options::default()).unwrap();
+    for (p, n, k) in [
+        (Producer::ModelOpt, 48, 96),
+        (Producer::CompressedTensors, 64, 160),
+        (Producer::Comfy, 40, 72),
+        (Producer::Comfy, 136, 256),
+    ] {
+        let t = nvfp4::quantize(
+            &Matrix::new(&values(11, n * k), n, k).unwrap(),
+            p,
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(t.dequantize().unwrap().len(), n * k);
     }
     for ty in qtool_kernels::gguf::GGUF_GPU_TYPES {

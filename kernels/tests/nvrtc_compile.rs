@@ -14,7 +14,8 @@ fn sources() -> Vec<KernelSource> {
         .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
         .filter(|p| {
-            only.as_deref().is_none_or(|o| o.split(',').any(|n| p.file_stem().is_some_and(|s| s == n.trim())))
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| p.file_stem().is_some_and(|s| s == n.trim())))
         })
         .collect();
     files.sort();

@@ -69,8 +69,11 @@ fn run(args: &[String]) -> Result<usize, String> {
         let (rows, cols) = (l.rows, l.cols);
         let err = |x: qtool_quantizers::float::FloatError| format!("{}: {x}", l.prefix);
         let values = match spec.scheme {
-            Scheme::Fp8Cast(f) | Scheme::Fp8Scaled(f) | Scheme::Fp8Channel => {
-                let format = if spec.scheme == Scheme::Fp8Channel { Fp8Format::E4M3Fn } else { f };
+            Scheme::Fp8Cast(_) | Scheme::Fp8Scaled(_) | Scheme::Fp8Channel => {
+                let format = match spec.scheme {
+                    Scheme::Fp8Cast(f) | Scheme::Fp8Scaled(f) => f,
+                    _ => Fp8Format::E4M3Fn,
+                };
                 let data = bytes(src, names[0])?;
                 let (granularity, scales, scale_dtype) = match (spec.scheme, layout) {
                     (Scheme::Fp8Channel, _) => {

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_convert import _hf_forward, _llama_cpp, _quantize_with_llama_cpp, _tiny_model
+from test_convert import TEXTS, _hf_forward, _llama_cpp, _quantize_with_llama_cpp, _tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,18 +67,16 @@ bright, and he laughed, because after eleven years the lamp and he had finally d
 """
 
 
-def _example(name: str) -> Path:
-    for profile in ("release", "debug"):
-        p = ROOT / "target" / profile / "examples" / name
-        if p.is_file():
-            return p
-    pytest.skip(f"skipped: the {name} example is not built (cargo build --release -p qtool-calib --examples)")
+@pytest.fixture(scope="module")
+def engine_bin(example_bin):
+    """The `engine_logits` example of qtool-calib (logits of token ids, or token ids of a text)."""
+    return example_bin("engine_logits")
 
 
-def _engine_logits(model: Path, ids, tmp: Path) -> np.ndarray:
+def _engine_logits(engine_bin, model: Path, ids, tmp: Path) -> np.ndarray:
     out = tmp / "logits.f32"
     proc = subprocess.run(
-        [str(_example("engine_logits")), str(model), "--ids", ",".join(map(str, ids)), "--out", str(out)],
+        [str(engine_bin), str(model), "--ids", ",".join(map(str, ids)), "--out", str(out)],
         capture_output=True,
         text=True,
     )
@@ -87,9 +85,9 @@ def _engine_logits(model: Path, ids, tmp: Path) -> np.ndarray:
     return np.fromfile(out, dtype="<f4").reshape(shape["rows"], shape["cols"])
 
 
-def _engine_tokens(model: Path, text_file: Path):
+def _engine_tokens(engine_bin, model: Path, text_file: Path):
     proc = subprocess.run(
-        [str(_example("engine_logits")), str(model), "--tokenize", str(text_file)], capture_output=True, text=True
+        [str(engine_bin), str(model), "--tokenize", str(text_file)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -144,9 +142,9 @@ def reference(smol):
 
 
 @pytest.mark.parametrize("which", ["f16", "hf"])
-def test_logits_match_llama_cpp_on_the_f16_gguf(smol, reference, which, tmp_path):
+def test_logits_match_llama_cpp_on_the_f16_gguf(smol, reference, which, tmp_path, engine_bin):
     for prompt, ids, want in reference["prompts"]:
-        got = _engine_logits(smol[which], ids, tmp_path).astype(np.float64)
+        got = _engine_logits(engine_bin, smol[which], ids, tmp_path).astype(np.float64)
         assert got.shape == want.shape == (len(ids), 49152)
         scale = np.abs(want).max()
         # fp16 activations in llama.cpp vs f32 here: ~1e-3 of the logit range.
@@ -155,12 +153,26 @@ def test_logits_match_llama_cpp_on_the_f16_gguf(smol, reference, which, tmp_path
         assert np.array_equal(got.argmax(-1), want.argmax(-1)), prompt
 
 
-def test_tokenization_matches_llama_cpp(smol, reference, smollm2_gguf):
+def test_tokenization_matches_llama_cpp(smol, reference, smollm2_gguf, engine_bin):
     want = reference["tokens"]
     # The GGUF vocabulary (through the in-memory tokenizer.json) and the converted directory's
     # tokenizer.json must both tokenize like llama.cpp.
-    assert _engine_tokens(smollm2_gguf, smol["text"]) == want
-    assert _engine_tokens(smol["hf"], smol["text"]) == want
+    assert _engine_tokens(engine_bin, smollm2_gguf, smol["text"]) == want
+    assert _engine_tokens(engine_bin, smol["hf"], smol["text"]) == want
+
+
+@pytest.mark.parametrize("i", range(len(TEXTS)))
+def test_tokenization_of_hard_texts_matches_llama_cpp(smol, smollm2_gguf, engine_bin, tmp_path, i):
+    """Unicode, runs of spaces/tabs/newlines, digits, code and chat markup. Special-token text
+    is matched as the special token (as Hugging Face tokenizers always do), so llama.cpp is
+    asked to parse specials too."""
+    llm = smol["llama_cpp"].Llama(model_path=str(smollm2_gguf), vocab_only=True, verbose=False)
+    want = llm.tokenize(TEXTS[i].encode(), add_bos=False, special=True)
+    llm.close()
+    f = tmp_path / "t.txt"
+    f.write_bytes(TEXTS[i].encode())
+    assert _engine_tokens(engine_bin, smollm2_gguf, f) == want
+    assert _engine_tokens(engine_bin, smol["hf"], f) == want
 
 
 @pytest.mark.parametrize("which", ["f16", "hf"])
@@ -186,14 +198,14 @@ def test_eval_ppl_does_not_depend_on_the_thread_count(smol, run_qtool):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_tiny_models_match_the_numpy_forward_pass(tmp_path, run_qtool, arch):
+def test_tiny_models_match_the_numpy_forward_pass(tmp_path, run_qtool, arch, engine_bin):
     d, cfg, tensors = _tiny_model(tmp_path, arch, seed={"llama": 21, "qwen2": 22, "qwen3": 23}[arch])
     gguf_path = tmp_path / f"{arch}.gguf"
     run_qtool("convert", d, "-o", gguf_path, "--fmt", "f32", "-q")
     ids = [5, 77, 3, 200, 150, 9, 42, 42, 120, 7, 250, 33, 0, 258]
     want = _hf_forward(cfg, tensors, np.array(ids), arch)
     for model in (d, gguf_path):
-        got = _engine_logits(model, ids, tmp_path).astype(np.float64)
+        got = _engine_logits(engine_bin, model, ids, tmp_path).astype(np.float64)
         # f32 arithmetic against a float64 reference.
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=str(model))
 
@@ -218,16 +230,16 @@ def _load_bf16_safetensors(path: Path):
     return out
 
 
-def test_tiny_llama_fixture_runs_end_to_end(tmp_path):
+def test_tiny_llama_fixture_runs_end_to_end(tmp_path, engine_bin):
     d = ROOT / "fixtures" / "tiny-llama"
     cfg = json.loads((d / "config.json").read_text())
     tensors = _load_bf16_safetensors(d / "model.safetensors")
     ids = [1, 17, 200, 3, 3, 99, 255, 0]
     want = _hf_forward(cfg, tensors, np.array(ids), "llama")
-    got = _engine_logits(d, ids, tmp_path).astype(np.float64)
+    got = _engine_logits(engine_bin, d, ids, tmp_path).astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
     # The sharded copy holds the same tensors: the same logits bit for bit.
-    sharded = _engine_logits(ROOT / "fixtures" / "tiny-llama-sharded", ids, tmp_path)
+    sharded = _engine_logits(engine_bin, ROOT / "fixtures" / "tiny-llama-sharded", ids, tmp_path)
     assert np.array_equal(sharded, got.astype(np.float32))
 
 

@@ -77,3 +77,17 @@ def test_cli_override_flags_on_smollm2_match_llama_cpp(smollm2_gguf, run_qtool, 
     assert_same_gguf(ours, ref)
     types = {n: t for n, t, _, _ in tensors_of(ours)}
     assert types["token_embd.weight"] == "Q5_0" and types["blk.0.attn_v.weight"] == "Q8_0"
+
+
+def test_cli_flags_with_a_float_fmt_match_llama_cpp(llama16, run_qtool, tmp_path):
+    """With a float target (F16) llama.cpp skips the per-tensor rules and --tensor-type, but
+    still applies --output-tensor-type; qtool does the same."""
+    flags = ["--tensor-type", "attn_q=q8_0", "--output-tensor-type", "q8_0"]
+    params = dict(tensor_types=[["attn_q", Q8]], output_tensor_type=Q8)
+    ref, ours = tmp_path / "llama.gguf", tmp_path / "qtool.gguf"
+    proc = llama_quantize(llama16, ref, "F16", allow_requantize=True, **params)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_qtool("quantize", llama16, "-o", ours, "--fmt", "f16", "-q", *flags)
+    assert_same_gguf(ours, ref)
+    types = {n: t for n, t, _, _ in tensors_of(ours)}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["output.weight"] == "Q8_0"

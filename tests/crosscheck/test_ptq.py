@@ -14,7 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from conftest import FIXTURES
 
@@ -130,12 +132,66 @@ def test_awq_scales_fold_into_the_norms(tiny, tmp_path, run_qtool):
     assert rows["model.norm.weight"]["rel_fro"] == 0.0
 
 
+def _marlin_sized_llama(d: Path):
+    """A random 2-block llama whose every linear fits legacy Marlin (N % 64, K % 128)."""
+    h, f, heads, kv, hd, vocab = 128, 256, 2, 1, 64, 256
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+           "intermediate_size": f, "num_hidden_layers": 2, "num_attention_heads": heads,
+           "num_key_value_heads": kv, "head_dim": hd, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+           "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+           "max_position_embeddings": 256,
+           "torch_dtype": "float16"}
+    rng = np.random.default_rng(5)
+    t = {"model.embed_tokens.weight": rng.standard_normal((vocab, h)),
+         "lm_head.weight": rng.standard_normal((vocab, h)) * 0.05,
+         "model.norm.weight": np.ones(h)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        for name, shape in (("self_attn.q_proj", (heads * hd, h)), ("self_attn.k_proj", (kv * hd, h)),
+                            ("self_attn.v_proj", (kv * hd, h)), ("self_attn.o_proj", (h, heads * hd)),
+                            ("mlp.gate_proj", (f, h)), ("mlp.up_proj", (f, h)), ("mlp.down_proj", (h, f))):
+            t[p + name + ".weight"] = rng.standard_normal(shape) * 0.05
+        t[p + "input_layernorm.weight"] = np.ones(h)
+        t[p + "post_attention_layernorm.weight"] = np.ones(h)
+    d.mkdir(parents=True)
+    save_file({k: v.astype(np.float16) for k, v in t.items()}, d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "tokenizer.json").write_text(json.dumps(_byte_tokenizer()))
+
+
+def test_marlin_layout_writes_a_repacked_gptq_checkpoint(tiny, tmp_path, run_qtool):
+    _, calib = tiny
+    model = tmp_path / "m"
+    _marlin_sized_llama(model)
+    out = tmp_path / "marlin"
+    run_qtool("quantize", model, "-o", out, "--fmt", "w4a16", "--method", "gptq", "--layout", "marlin",
+              "--act-order", "--calib", calib, "--calib-samples", "16", "--calib-seqlen", "64", "-q")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc.get("is_marlin_format") is True
+    assert not Path(str(out) + ".gptq-tmp").exists()
+    _check_log(out, 2 * 7, "gptq", 0.7)
+    _dequant_close(run_qtool, model, out, 0.5)
+
+
 def test_missing_tokenizer_is_an_error(tmp_path, run_qtool):
     d = tmp_path / "tiny-llama"
     shutil.copytree(FIXTURES / "tiny-llama", d)
     p = run_qtool("quantize", d, "-o", tmp_path / "o", "--fmt", "w4a16", "--method", "gptq",
                   "--group-size", "32", check=False)
     assert p.returncode == 2 and "tokenizer" in p.stderr and "error:" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsupported_architecture_is_an_error(tmp_path, run_qtool):
+    d = tmp_path / "gpt2ish"
+    shutil.copytree(FIXTURES / "tiny-llama", d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["GPT2LMHeadModel"], "gpt2"
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "tokenizer.json").write_text(json.dumps(_byte_tokenizer()))
+    p = run_qtool("quantize", d, "-o", tmp_path / "o", "--fmt", "w4a16", "--method", "awq",
+                  "--group-size", "32", check=False)
+    assert p.returncode == 2 and "not supported" in p.stderr, p.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -23,6 +23,9 @@ impl Site {
     pub const ALL: [Site; 4] = [Site::AttnIn, Site::OIn, Site::MlpIn, Site::DownIn];
 }
 
+/// The observer [`Block::forward`] calls with each [`Site`] and the `[t, in_features]` input.
+pub type Capture<'a> = &'a mut dyn FnMut(Site, &Matrix);
+
 /// A linear layer `y = x · weightᵀ + bias`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
@@ -101,7 +104,7 @@ impl Block {
         &self,
         hidden: &mut Matrix,
         positions: &[usize],
-        mut capture: Option<&mut dyn FnMut(Site, &Matrix)>,
+        mut capture: Option<Capture<'_>>,
     ) -> Result<()> {
         let c = &self.cfg;
         if hidden.cols != c.hidden || positions.len() != hidden.rows {

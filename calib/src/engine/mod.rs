@@ -48,7 +48,7 @@ mod model;
 pub mod ops;
 mod weights;
 
-pub use block::{Block, Linear, Site};
+pub use block::{Block, Capture, Linear, Site};
 pub use config::{ModelConfig, Rope, RopeKind};
 pub use error::{EngineError, Result};
 pub use matrix::{gemm_xwt, Matrix};

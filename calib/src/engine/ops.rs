@@ -236,7 +236,7 @@ mod tests {
     fn gqa_attention_matches_the_loop_reference() {
         let (t, nh, nkv, hd) = (7, 4, 2, 6);
         let gen =
-            |n: usize, s: f32| (0..n).map(|i| ((i as f32 * 0.37 + s).sin())).collect::<Vec<_>>();
+            |n: usize, s: f32| (0..n).map(|i| (i as f32 * 0.37 + s).sin()).collect::<Vec<_>>();
         let q = Matrix::from_vec(t, nh * hd, gen(t * nh * hd, 0.1));
         let k = Matrix::from_vec(t, nkv * hd, gen(t * nkv * hd, 0.7));
         let v = Matrix::from_vec(t, nkv * hd, gen(t * nkv * hd, 1.3));

@@ -116,10 +116,7 @@ impl<'c> WeightReader<'c> {
         }
         self.release(t);
         if let Some((n_heads, n_kv)) = self.unpermute {
-            let heads = match naming::QkRole::of(hf) {
-                Some(role) => Some(role.heads(n_heads, n_kv)),
-                None => None,
-            };
+            let heads = naming::QkRole::of(hf).map(|role| role.heads(n_heads, n_kv));
             if let Some(h) = heads {
                 let row = if shape.len() == 2 { shape[1] } else { 1 };
                 out = unpermute_rows(&out, row, h)

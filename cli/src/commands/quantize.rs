@@ -9,11 +9,11 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use qtool_formats::conventions::{detect_scheme, Scheme as Detected};
+use qtool_formats::GgmlType;
 use qtool_formats::{Checkpoint, PlannedTensor};
 use qtool_quantizers::export::{
     self, output, Action, FmtSpec, IntOptions, Layout, QuantizePlan, Request,
 };
-use qtool_formats::GgmlType;
 use qtool_quantizers::recipe::gguf::parse_target_type;
 use qtool_quantizers::recipe::{self, FileType, FileTypeError, RecipeOptions, TensorTypeOverride};
 use serde::Serialize;

@@ -15,6 +15,7 @@ use qtool_formats::conventions::{detect_scheme, Scheme as Detected};
 use qtool_formats::Checkpoint;
 use qtool_quantizers::export::repack::{self, Target};
 use qtool_quantizers::export::{self, output, IntOptions, Layout, Request, Scheme};
+use qtool_quantizers::int::{check_marlin_shape, MarlinKind, MarlinShape};
 use serde::Serialize;
 
 use crate::args::QuantizeArgs;
@@ -126,6 +127,9 @@ fn run(args: &QuantizeArgs, method: Method, out: &Output) -> anyhow::Result<Exit
         None => bail!("{}: the weights are not plain floats; cannot quantize", args.input.display()),
     }
     let plan = export::plan(ckpt.source(), &req)?;
+    if marlin {
+        check_marlin(&plan)?;
+    }
     let final_out = args.output.clone();
     let write_to: PathBuf =
         if marlin { with_suffix(&final_out, ".gptq-tmp") } else { final_out.clone() };
@@ -207,6 +211,33 @@ fn run(args: &QuantizeArgs, method: Method, out: &Output) -> anyhow::Result<Exit
         out.print(&render(&report, &outcome.log))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Marlin's rules, checked before the (long) calibration rather than by the repack after it.
+fn check_marlin(plan: &export::QuantizePlan) -> anyhow::Result<()> {
+    let s = plan.int.ok_or_else(|| anyhow!("--layout marlin needs --fmt w4a16"))?;
+    for e in &plan.entries {
+        if let export::Action::Quantize(l) = &e.action {
+            let shape = MarlinShape {
+                n: l.rows,
+                k: l.cols,
+                bits: s.bits.get(),
+                group_size: s.group_size.to_i64(),
+                symmetric: s.symmetric,
+                act_order: false,
+            };
+            check_marlin_shape(&shape, MarlinKind::Legacy, 1, repack::parallel_of(&l.prefix))
+                .map_err(|err| {
+                    anyhow!(
+                        "{}: [{}x{}] cannot be written as Marlin: {err}",
+                        e.name,
+                        l.rows,
+                        l.cols
+                    )
+                })?;
+        }
+    }
+    Ok(())
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {

@@ -301,12 +301,12 @@ impl BlockRule {
                 let bs = ((finite_amax(*block) / 6.0) / ts).min(448.0);
                 let code = E4M3.encode(bs, Overflow::Saturate);
                 let total = ts * E4M3.decode(code);
+                if total == 0.0 {
+                    *codes = [0; BLOCK];
+                    return code;
+                }
                 for (o, &v) in codes.iter_mut().zip(block) {
-                    *o = if total == 0.0 {
-                        0
-                    } else {
-                        e2m1::encode(clamp_sym(v / total, e2m1::MAX))
-                    };
+                    *o = e2m1::encode(clamp_sym(v / total, e2m1::MAX));
                 }
                 code
             }

@@ -10,8 +10,9 @@ use qtool_formats::GgmlType;
 
 use super::common::{
     f32_to_fp16, fp16_to_f32, importance_weights, make_qkx2_quants, make_qp_quants, nearest_int,
-    sum_in_order, sum_squares, Qkx2Search, QK_K,
+    sum_in_order, sum_squares, Qkx2Search, ScaleMin, QK_K,
 };
+use super::simd::make_qkx2_quants_x8;
 use super::BlockCodec;
 
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -71,24 +72,25 @@ impl BlockCodec for BlockQ2K {
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (x, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
             let mut levels = [0u8; QK_K];
-            let mut laux = [0u8; 16];
             let mut scales = [0.0f32; 16];
             let mut mins = [0.0f32; 16];
             let mut max_scale = 0.0f32;
             let mut max_min = 0.0f32;
-            for j in 0..16 {
-                let xs = &x[16 * j..16 * j + 16];
-                let mut weights = [0.0f32; 16];
-                for (w, &v) in weights.iter_mut().zip(xs) {
-                    *w = v.abs();
-                }
-                let sm = make_qkx2_quants(
+            let mut weights = [0.0f32; QK_K];
+            for (w, &v) in weights.iter_mut().zip(x) {
+                *w = v.abs();
+            }
+            let mut found = [ScaleMin { scale: 0.0, min: 0.0 }; 16];
+            for h in 0..2 {
+                let half = 128 * h..128 * h + 128;
+                found[8 * h..8 * h + 8].copy_from_slice(&make_qkx2_quants_x8(
                     SEARCH,
-                    xs,
-                    &weights,
-                    &mut levels[16 * j..16 * j + 16],
-                    &mut laux,
-                );
+                    &x[half.clone()],
+                    &weights[half.clone()],
+                    &mut levels[half],
+                ));
+            }
+            for (j, &sm) in found.iter().enumerate() {
                 scales[j] = sm.scale;
                 mins[j] = sm.min;
                 if sm.scale > max_scale {
