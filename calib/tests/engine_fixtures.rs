@@ -297,3 +297,20 @@ fn llama3_and_linear_rope_scaling_follow_the_hf_formulas() {
     let plain = Model::open(fixture("tiny-llama")).unwrap().forward_logits(&[1, 2, 3]).unwrap();
     assert_ne!(m.forward_logits(&[1, 2, 3]).unwrap(), plain);
 }
+
+#[test]
+fn sequences_beyond_a_mistral_sliding_window_are_refused() {
+    let d = tiny_with_config(|c| {
+        c["model_type"] = serde_json::json!("mistral");
+        c["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        c["sliding_window"] = serde_json::json!(4);
+    });
+    let m = Model::open(d.path()).unwrap();
+    assert_eq!(m.config().sliding_window, Some(4));
+    assert!(m.forward_logits(&[1, 2, 3, 4]).is_ok());
+    let msg = m.forward_logits(&[1, 2, 3, 4, 5]).unwrap_err().to_string();
+    assert!(msg.contains("sliding attention window of 4"), "{msg}");
+    // Without model_type mistral or use_sliding_window the window is not in force.
+    let d = tiny_with_config(|c| c["sliding_window"] = serde_json::json!(4));
+    assert_eq!(Model::open(d.path()).unwrap().config().sliding_window, None);
+}

@@ -136,17 +136,8 @@ fn main() -> KResult<()> {
         peak
     );
     println!(
-        "{:>11} {:>4} {:>9} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9}  {}",
-        "k x n",
-        "m",
-        "marlin us",
-        "cublas us",
-        "speedup",
-        "GB/s",
-        "%HBM",
-        "marlin ev",
-        "cublas ev",
-        "config"
+        "{:>11} {:>4} {:>9} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9}  config",
+        "k x n", "m", "marlin us", "cublas us", "speedup", "GB/s", "%HBM", "marlin ev", "cublas ev"
     );
     let mut blocker = Blocker::new(&gpu)?;
     let mut rng = Rng(0x5eed);

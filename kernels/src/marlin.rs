@@ -6,6 +6,9 @@
 //! Weights and scales are uploaded once ([`MarlinWeights`]) so a benchmark times the kernel
 //! alone; [`Gpu::marlin_w4a16`] is the one-shot form `verify` uses.
 //!
+//! Performance (H200): 1.1–1.9× cuBLAS BF16 at m ≤ 16, 19–44 % of HBM bandwidth at m = 1,
+//! slower than cuBLAS at m ≥ 64 — see the status note at the top of marlin.cu.
+//!
 //! The kernel partitions the tile grid into equal stripes, one per SM, and reduces a tile column
 //! shared by several CTAs in a fixed order through per-column locks (see the .cu header). The
 //! locks live in [`MarlinWorkspace`]; every complete launch leaves them at zero again, so one
@@ -50,7 +53,7 @@ pub struct MarlinConfig {
 }
 
 /// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch)` instantiated in marlin.cu.
-pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 30] = [
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 15] = [
     (1, 2, 8, 4, 1, false),
     (2, 2, 8, 4, 1, false),
     (3, 2, 8, 4, 1, false),
@@ -63,24 +66,9 @@ pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 30] = [
     (2, 1, 8, 4, 1, false),
     (3, 1, 8, 4, 1, false),
     (4, 1, 8, 4, 1, false),
-    (1, 2, 8, 4, 1, true),
-    (2, 2, 8, 4, 1, true),
-    (3, 2, 8, 4, 1, true),
-    (4, 2, 8, 4, 1, true),
-    (1, 4, 8, 4, 1, true),
-    (2, 4, 8, 4, 1, true),
-    (3, 4, 8, 4, 1, true),
-    (4, 4, 8, 4, 1, true),
-    (1, 1, 8, 4, 1, true),
-    (2, 1, 8, 4, 1, true),
-    (3, 1, 8, 4, 1, true),
-    (4, 1, 8, 4, 1, true),
-    (1, 2, 8, 4, 2, true),
-    (1, 1, 16, 4, 2, false),
-    (1, 1, 16, 4, 2, true),
     (1, 2, 16, 3, 1, false),
-    (1, 2, 16, 3, 1, true),
     (1, 4, 16, 3, 1, true),
+    (1, 2, 8, 4, 2, true),
 ];
 
 impl MarlinConfig {
@@ -148,19 +136,28 @@ fn m_blocks_for(m: usize) -> usize {
 
 /// The default configuration for an `m`-row problem on an `n × k` weight, on a device with
 /// `smem_optin` bytes of shared memory per block: the first preference that divides the weight
-/// and fits the device (benchmarked on an H200, kernels/examples/bench_marlin.rs).
+/// and fits the device. The preferences are the fastest of a sweep over every compiled
+/// configuration on an H200 (kernels/examples/bench_marlin.rs `--sweep`, shapes 8192², 4096×11008,
+/// 11008×4096, 8192×28672); every list ends in a tile that divides any legal Marlin shape.
 pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option<MarlinConfig> {
     let m_blocks = m_blocks_for(m);
-    let prefs: &[(usize, usize, usize, usize)] = if m_blocks == 1 {
-        &[(2, 8, 4, 1), (4, 8, 4, 1), (1, 8, 4, 1)]
-    } else if m_blocks == 4 {
-        &[(4, 8, 4, 1), (2, 8, 4, 1), (1, 8, 4, 1)]
-    } else {
-        &[(2, 8, 4, 1), (4, 8, 4, 1), (1, 8, 4, 1)]
+    let passes = m.div_ceil(16 * m_blocks);
+    // (n_chunks, k_tiles, stages, min_blocks, prefetch)
+    let prefs: &[(usize, usize, usize, usize, bool)] = match (m_blocks, passes) {
+        (1, _) if n >= 16384 => {
+            &[(4, 16, 3, 1, true), (4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
+        }
+        (1, _) => &[(2, 16, 3, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
+        (4, 1) if n >= 16384 => &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
+        (4, 1) if n <= 4096 => &[(1, 8, 4, 1, false)],
+        (4, p) if p > 1 && n >= 8192 => {
+            &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
+        }
+        _ => &[(2, 8, 4, 1, false), (1, 8, 4, 1, false)],
     };
     prefs
         .iter()
-        .map(|&(nc, kt, st, o)| MarlinConfig::new(m_blocks, nc, kt, st, o, false))
+        .map(|&(nc, kt, st, o, p)| MarlinConfig::new(m_blocks, nc, kt, st, o, p))
         .find(|c| c.fits(n, k) && c.smem_bytes() <= smem_optin)
 }
 

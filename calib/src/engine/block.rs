@@ -80,9 +80,19 @@ pub(crate) struct BlockShape {
     pub head_dim: usize,
     pub eps: f32,
     pub rope: Rope,
+    pub sliding_window: Option<usize>,
 }
 
 impl BlockShape {
+    fn check_seq_len(&self, t: usize) -> Result<()> {
+        match self.sliding_window {
+            Some(w) if t > w => Err(EngineError::Usage(format!(
+                "a sequence of {t} tokens exceeds the model's sliding attention window of {w}, which the engine does not implement"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn of(cfg: &ModelConfig) -> BlockShape {
         BlockShape {
             hidden: cfg.hidden,
@@ -91,6 +101,7 @@ impl BlockShape {
             head_dim: cfg.head_dim,
             eps: cfg.eps,
             rope: cfg.rope.clone(),
+            sliding_window: cfg.sliding_window,
         }
     }
 }
@@ -117,6 +128,8 @@ impl Block {
                 c.hidden
             )));
         }
+        // Full causal attention equals the model's only within its sliding window.
+        c.check_seq_len(hidden.rows)?;
         let mut emit = |site: Site, m: &Matrix| {
             if let Some(f) = capture.as_mut() {
                 f(site, m);

@@ -25,12 +25,27 @@ pub struct ModelConfig {
     pub vocab: usize,
     pub eps: f32,
     pub rope: Rope,
+    /// Mistral/Qwen2 sliding-window attention span, when the config enables it. The engine
+    /// attends to the whole sequence, which equals sliding-window attention only for sequences
+    /// no longer than this; longer ones are refused ([`ModelConfig::check_seq_len`]).
+    pub sliding_window: Option<usize>,
 }
 
 impl ModelConfig {
     /// Width of the query projection's output (`n_heads · head_dim`).
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
+    }
+
+    /// Refuses a sequence length at which full causal attention would differ from the model's
+    /// sliding-window attention.
+    pub fn check_seq_len(&self, t: usize) -> Result<()> {
+        match self.sliding_window {
+            Some(w) if t > w => Err(EngineError::Usage(format!(
+                "a sequence of {t} tokens exceeds the model's sliding attention window of {w}, which the engine does not implement"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Width of the key/value projections' output (`n_kv_heads · head_dim`).
@@ -182,6 +197,7 @@ pub(crate) fn read_config(
         vocab: hp.vocab_size as usize,
         eps: hp.rms_eps,
         rope: Rope::new(hp.rope_theta, head_dim, scaling),
+        sliding_window: sliding_window(ckpt),
     };
     if cfg.intermediate == 0 || cfg.vocab == 0 {
         return Err(EngineError::invalid(
@@ -190,6 +206,18 @@ pub(crate) fn read_config(
         ));
     }
     Ok((cfg, arch))
+}
+
+/// `sliding_window` of `config.json` when it is in force: Qwen2 only with `use_sliding_window`
+/// (off by default), Mistral whenever it is set; GGUF files do not carry it.
+fn sliding_window(ckpt: &Checkpoint) -> Option<usize> {
+    let c = ckpt.config()?;
+    let w = c.get("sliding_window")?.as_u64()? as usize;
+    let enabled = match c.get("use_sliding_window") {
+        Some(v) => v.as_bool().unwrap_or(false),
+        None => c.get("model_type").and_then(|m| m.as_str()) == Some("mistral"),
+    };
+    enabled.then_some(w)
 }
 
 fn config_path(path: &Path) -> std::path::PathBuf {

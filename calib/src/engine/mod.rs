@@ -51,5 +51,5 @@ mod weights;
 pub use block::{Block, Capture, Linear, Site};
 pub use config::{ModelConfig, Rope, RopeKind};
 pub use error::{EngineError, Result};
-pub use matrix::{gemm_xwt, Matrix};
+pub use matrix::{gemm_xwt, panel_width, Matrix};
 pub use model::{Head, Model};
