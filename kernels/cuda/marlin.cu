@@ -20,7 +20,7 @@
 //   through shared memory at the end of each stripe segment.
 // No headers: everything below is plain C++ and inline PTX, so NVRTC needs no include path.
 //
-// Measured status (H200, kernels/examples/bench_marlin.rs, back-to-back launches): 1.1–1.9×
+// Measured status (H200, kernels/examples/bench_marlin.rs, back-to-back launches): 0.9–1.9×
 // cuBLAS BF16 at m ≤ 16 and 19–44 % of HBM bandwidth at m = 1 on the issue's four shapes, below
 // the paper's ~3.9× and the 80 % goal. A sweep found the time insensitive to pipeline depth
 // (3–8 stages), stage size (8–32 KB), two CTAs per SM and a 256-byte L2 prefetch, so the limit

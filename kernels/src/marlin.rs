@@ -6,7 +6,7 @@
 //! Weights and scales are uploaded once ([`MarlinWeights`]) so a benchmark times the kernel
 //! alone; [`Gpu::marlin_w4a16`] is the one-shot form `verify` uses.
 //!
-//! Performance (H200): 1.1–1.9× cuBLAS BF16 at m ≤ 16, 19–44 % of HBM bandwidth at m = 1,
+//! Performance (H200): 0.9–1.9× cuBLAS BF16 at m ≤ 16, 19–44 % of HBM bandwidth at m = 1,
 //! slower than cuBLAS at m ≥ 64 — see the status note at the top of marlin.cu.
 //!
 //! The kernel partitions the tile grid into equal stripes, one per SM, and reduces a tile column
