@@ -59,7 +59,7 @@ pub fn run_with(
     pre: Option<&dyn Precomputed>,
 ) -> Result<(), ExportError> {
     let max_window = (rayon::current_num_threads() * 2).max(2);
-    let largest = plan.entries.iter().map(|e| f32_bytes(e)).max().unwrap_or(0);
+    let largest = plan.entries.iter().map(f32_bytes).max().unwrap_or(0);
     let pool = BufferPool::new(largest.max(WINDOW_BYTES));
     let mut start = 0;
     while start < plan.entries.len() {

@@ -194,7 +194,7 @@ pub fn quantize(
         |(r, (prow, srow))| {
             let mut block = [0.0f32; BLOCK];
             let mut codes = [0u8; BLOCK];
-            for b in 0..nb {
+            for (b, scale) in srow.iter_mut().enumerate() {
                 let c0 = b * BLOCK;
                 if r < rows && c0 + BLOCK <= cols {
                     block.copy_from_slice(&x[r * cols + c0..][..BLOCK]);
@@ -207,7 +207,7 @@ pub fn quantize(
                         }
                     });
                 }
-                srow[b] = rule.block(&block, &mut codes);
+                *scale = rule.block(&block, &mut codes);
                 for (o, p) in prow[c0 / 2..][..BLOCK / 2].iter_mut().zip(codes.chunks_exact(2)) {
                     *o = match order {
                         NibbleOrder::EvenLow => p[0] | (p[1] << 4),
