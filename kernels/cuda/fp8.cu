@@ -36,13 +36,15 @@ extern "C" __global__ void absmax_bf16(const u16* x, unsigned long long len, u32
 }
 
 // xq = sat_e4m3(x / scale), scale = amax/448 (dynamic, amax_bits != 0) or static_scale;
-// the scale used is written to *scale_out for cuBLASLt's B scale pointer. x must be 16-byte
-// aligned (a fresh allocation).
+// the scale used is written to scale_out[0 .. n_scale) for cuBLASLt's B scale pointer (one
+// scalar, or the same value per row of x when cuBLASLt's outer-vector mode wants a vector of
+// m). x must be 16-byte aligned (a fresh allocation).
 extern "C" __global__ void quant_e4m3_tensor(const u16* x, unsigned long long len, const u32* amax_bits,
-                                             float static_scale, float* scale_out, u8* xq) {
+                                             float static_scale, float* scale_out, int n_scale, u8* xq) {
     const float scale = amax_bits ? fmaxf(__uint_as_float(*amax_bits) / 448.0f, MIN_DYN_SCALE) : static_scale;
     const unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i == 0) *scale_out = scale;
+    const unsigned long long threads = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long j = i; j < (unsigned long long)n_scale; j += threads) scale_out[j] = scale;
     const unsigned long long len8 = len / 8;
     if (i < len8) {
         uint4 u = __ldg(reinterpret_cast<const uint4*>(x) + i);
@@ -92,6 +94,22 @@ extern "C" __global__ void quant_e4m3_group128(const u16* x, int m, int k, u8* x
 extern "C" __global__ void scale_cols(float* out, int m, int n, const float* s) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)m * n) out[i] *= s[i % n];
+}
+
+// out16[r, c] = bf16(acc[r, c] * s[c]): the per-channel post-scale fused into the one rounding
+// to the BF16 output (when cuBLASLt has no vector-scale algorithm), 4 elements per thread.
+extern "C" __global__ void scale_cols_bf16(const float* acc, int m, int n, const float* s, u16* out16) {
+    const long long total = (long long)m * n;
+    const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i + 3 < total && (n & 3) == 0) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(acc + i));
+        const int c = (int)(i % n);
+        const u32 lo = (u32)f32_to_bf16_bits(v.x * s[c]) | ((u32)f32_to_bf16_bits(v.y * s[c + 1]) << 16);
+        const u32 hi = (u32)f32_to_bf16_bits(v.z * s[c + 2]) | ((u32)f32_to_bf16_bits(v.w * s[c + 3]) << 16);
+        reinterpret_cast<uint2*>(out16)[i / 4] = make_uint2(lo, hi);
+        return;
+    }
+    for (long long t = i; t < i + 4 && t < total; ++t) out16[t] = f32_to_bf16_bits(acc[t] * s[t % n]);
 }
 
 // Block-scaled FP8 GEMM: out[m, n] = sum_kb (sum_{k in kb} xq[m,k] wq[n,k]) * xs[m,kb] * ws[n/128, kb].

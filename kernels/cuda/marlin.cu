@@ -57,6 +57,54 @@ __device__ __forceinline__ void cp_async16_stream(u32 dst, const void* src) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
+// Hopper bulk copies (the TMA engine): one instruction moves a whole contiguous row of a B tile
+// and signals an mbarrier with the byte count, so the bytes in flight are not bounded by the
+// per-thread cp.async slots of the load/store unit. Before sm_90 the kernel never calls these
+// (COPY == 2 falls back to cp.async there), so their bodies are compiled out.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MARLIN_BULK 1
+#else
+#define MARLIN_BULK 0
+#endif
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+#if MARLIN_BULK
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// Arms the barrier for one phase: one arrival (this thread) plus `bytes` of bulk copies.
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+#if MARLIN_BULK
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+#if MARLIN_BULK
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#if MARLIN_BULK
+    u32 done = 0;
+    while (!done) {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    }
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>
@@ -154,10 +202,11 @@ __device__ __forceinline__ void st_cg_f2(float* p, float2 v) {
 // `group_log2`: log2 of the group size (5, 6, 7), 0 for per-channel scales.
 // Shared memory (bytes) must match `MarlinConfig::smem_bytes` on the host:
 //   STAGES · (16·MB·16·KT·2 + KT·NCH·512 + (KT/2)·64·NCH·2) + (8/NCH > 1 ? NCH·MB·32·32·4 : 0)
+//   + 8·STAGES (one mbarrier per stage, used by the bulk-copy variant)
 // Every address a thread issues per stage is precomputed (per thread, per tile column) so the
 // main loop is dequantization and mma, not index arithmetic: at m = 1 the loop body is what
 // bounds the streaming rate.
-template <int MB, int NCH, int KT, int STAGES, bool PF>
+template <int MB, int NCH, int KT, int STAGES, int COPY>
 __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const int4* __restrict__ B,
                                              const u16* __restrict__ S, float* __restrict__ C,
                                              int* __restrict__ locks, int m, int n, int k,
@@ -180,11 +229,17 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     constexpr int B_CHUNKS = KT * NCH * 32;
     constexpr int B_ITERS = B_CHUNKS / THREADS;
     static_assert(B_CHUNKS % THREADS == 0 && THREADS % (NCH * 32) == 0, "B copy split");
+    constexpr bool PF = COPY == 1;
+    constexpr bool BULK = COPY == 2 && MARLIN_BULK;
+    constexpr int RED_BYTES = KW > 1 ? NCH * MB * 32 * 32 * 4 : 0;
+    static_assert(KT <= 32, "one bulk row copy per lane of warp 0");
 
     extern __shared__ int4 smem_i4[];
     char* smem = reinterpret_cast<char*>(smem_i4);
     float* red = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES);
     const u32 smem_u32 = smem_addr(smem);
+    // One mbarrier per stage (bulk copies), after the reduction buffer.
+    const u32 bars = smem_u32 + STAGES * STAGE_BYTES + RED_BYTES;
 
     const int k_tiles = k / TK;
     const int n_tiles = n / TN;
@@ -229,6 +284,7 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     const u16* a_src[A_ITERS];
     bool a_ok[A_ITERS];
     const int4* b_col = B;
+    const int4* b_tile = B;
     const u16* s_col = S;
     auto set_load_column = [&](int col) {
         const int p = col / n_tiles, nt = col % n_tiles;
@@ -238,7 +294,8 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
             a_ok[j] = row < m && (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS);
             a_src[j] = A + (size_t)(a_ok[j] ? row : 0) * k + a_col[j];
         }
-        b_col = B + nt * NCH * 32 + b_off0;
+        b_tile = B + nt * NCH * 32;
+        b_col = b_tile + b_off0;
         s_col = S + nt * TN + s_c * 8;
     };
     auto load_stage = [&](int st, int kt) {
@@ -249,9 +306,22 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
             if (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS)
                 cp_async16(base + a_dst[j], a_src[j] + k0, a_ok[j]);
         }
-        const int4* bb = b_col + (size_t)kt * KT * b_row_int4;
+        if (BULK) {
+            // Warp 0 copies the KT rows (NCH·512 contiguous bytes each) of the B tile.
+            if (warp == 0) {
+                const u32 bar = bars + st * 8;
+                if (lane == 0) mbar_expect(bar, B_BYTES);
+                __syncwarp();
+                if (lane < KT)
+                    bulk_copy(base + A_BYTES + lane * (NCH * 512),
+                              b_tile + ((size_t)kt * KT + lane) * b_row_int4, NCH * 512, bar);
+            }
+        } else {
+            const int4* bb = b_col + (size_t)kt * KT * b_row_int4;
 #pragma unroll
-        for (int j = 0; j < B_ITERS; j++) cp_async16_stream<PF>(base + b_dst0 + j * THREADS * 16, bb + j * b_step);
+            for (int j = 0; j < B_ITERS; j++)
+                cp_async16_stream<PF>(base + b_dst0 + j * THREADS * 16, bb + j * b_step);
+        }
         if (s_active) cp_async16(base + s_dst, s_col + (size_t)((k0 >> group_log2) + s_r) * n, true);
     };
 
@@ -418,6 +488,14 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     };
 
     // ---- pipeline: prologue, then one tile per iteration ----
+    if (BULK) {
+        if (tid == 0) {
+#pragma unroll
+            for (int s = 0; s < STAGES; s++) mbar_init(bars + s * 8, 1);
+        }
+        __syncthreads();
+    }
+    u32 phases = 0;  // parity bit per stage of the bulk barrier phase to wait for next
     int ld_col = u_begin / k_tiles, ld_kt = u_begin % k_tiles;
     set_load_column(ld_col);
     auto advance_load = [&]() {
@@ -439,6 +517,10 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
 #pragma unroll 1
     for (int u = u_begin; u < u_end; u++) {
         cp_async_wait<STAGES - 2>();
+        if (BULK) {
+            mbar_wait(bars + st * 8, (phases >> st) & 1);
+            phases ^= 1u << st;
+        }
         __syncthreads();
         if (u + STAGES - 1 < u_end) {
             load_stage(ld_st, ld_kt);
@@ -461,7 +543,8 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
 
 // One entry point per configuration; the host picks by name (kernels/src/marlin.rs, whose
 // `MARLIN_CONFIGS` lists exactly these). OCC is the CTAs per SM the register budget is cut for;
-// PF selects the 256-byte L2 prefetch on the weight stream.
+// PF selects how the weights are copied: 0 cp.async, 1 cp.async with a 256-byte L2 prefetch,
+// 2 bulk copies signalling an mbarrier (sm_90+; cp.async on older GPUs).
 #define MARLIN_ENTRY(MB, NCH, KT, ST, OCC, PF)                                                   \
     extern "C" __global__ void __launch_bounds__(THREADS, OCC)                                   \
         marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC##_p##PF(                            \
@@ -486,3 +569,13 @@ MARLIN_ENTRY_MB(1, 8, 4, 0)
 MARLIN_ENTRY(1, 2, 16, 3, 1, 0)
 MARLIN_ENTRY(1, 4, 16, 3, 1, 1)
 MARLIN_ENTRY(1, 2, 8, 4, 2, 1)
+// Bulk (TMA) weight copies with deeper pipelines: bytes in flight per SM are no longer capped
+// by the cp.async slots.
+MARLIN_ENTRY(1, 2, 16, 4, 1, 2)
+MARLIN_ENTRY(1, 2, 16, 6, 1, 2)
+MARLIN_ENTRY(1, 4, 16, 4, 1, 2)
+MARLIN_ENTRY(1, 2, 8, 8, 1, 2)
+MARLIN_ENTRY(1, 1, 16, 6, 1, 2)
+MARLIN_ENTRY(4, 4, 8, 4, 1, 2)
+MARLIN_ENTRY(4, 2, 8, 4, 1, 2)
+MARLIN_ENTRY(4, 1, 8, 4, 1, 2)

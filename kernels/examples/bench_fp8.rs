@@ -7,9 +7,10 @@
 //! activation quantization / dequant passes each operation runs, excluding host copies.
 
 use half::{bf16, f16};
+use qtool_kernels::fp8::Fp8Out;
 use qtool_kernels::{
-    timing::tflops, Fp8Kind, Fp8Scale, GemmRun, GgmlType, Gpu, Int4Weights, KResult, NibbleOrder,
-    ScaleLayout,
+    timing::tflops, Fp8Kind, Fp8Options, Fp8Path, Fp8Scale, GemmRun, GgmlType, Gpu, Int4Weights,
+    KResult, NibbleOrder, ScaleLayout,
 };
 
 fn noise(seed: u64, len: usize) -> Vec<u32> {
@@ -123,53 +124,45 @@ fn main() -> KResult<()> {
 
     if !skip_big {
         let (m, n, k) = (8192, 8192, 8192);
+        let dims = (m, n, k);
         let x = bf16s(1, m * k);
         let w16 = bf16s(2, n * k);
         let base = gpu.gemm_bf16(&x, &w16, m, n, k, reps)?;
         drop(w16);
-        push("bf16 cublas", (m, n, k), &base, base.micros, n * k * 2);
+        push("bf16 baseline (best)", dims, &base, base.micros, n * k * 2);
+        let b = base.micros;
         let w8 = fp8_bytes(3, n * k);
-        let r = gpu.fp8_gemm(
-            &x,
-            m,
-            n,
-            k,
-            &w8,
-            Fp8Kind::E4M3,
-            &Fp8Scale::PerTensor(0.01),
-            Some(0.05),
-            reps,
-        )?;
-        push("fp8 e4m3 tensor static", (m, n, k), &r, base.micros, n * k);
-        let precise = qtool_kernels::Fp8Options { fast_accum: false, ..Default::default() };
-        let r = gpu.fp8_gemm_with(
-            &x,
-            m,
-            n,
-            k,
-            &w8,
-            Fp8Kind::E4M3,
-            &Fp8Scale::PerTensor(0.01),
-            Some(0.05),
-            precise,
-            reps,
-        )?;
-        push("fp8 tensor static fp32acc", (m, n, k), &r, base.micros, n * k);
-        let r =
-            gpu.fp8_gemm(&x, m, n, k, &w8, Fp8Kind::E4M3, &Fp8Scale::PerTensor(0.01), None, reps)?;
-        push("fp8 e4m3 tensor dynamic", (m, n, k), &r, base.micros, n * k);
-        let r = gpu.fp8_gemm(
-            &x,
-            m,
-            n,
-            k,
-            &w8,
-            Fp8Kind::E4M3,
-            &Fp8Scale::PerChannel(vec![0.01; n]),
-            Some(0.05),
-            reps,
-        )?;
-        push("fp8 e4m3 channel static", (m, n, k), &r, base.micros, n * k);
+        let fast = Fp8Options::default();
+        let precise = Fp8Options { fast_accum: false, ..Default::default() };
+        let post = Fp8Options { path: Fp8Path::PostScale, ..Default::default() };
+        let tensor = Fp8Scale::PerTensor(0.01);
+        let channel = Fp8Scale::PerChannel((0..n).map(|i| 0.01 + 1e-6 * i as f32).collect());
+        let e4 = Fp8Kind::E4M3;
+        let mut fp8 = |label: &str, scale: &Fp8Scale, input: Option<f32>, o: Fp8Options, out| {
+            let r = gpu.fp8_gemm_run(&x, m, n, k, &w8, e4, scale, input, o, out, reps)?;
+            let gemm_only = GemmRun { micros: r.gemm_micros, ..r.run.clone() };
+            push(&format!("{label} gemm"), dims, &gemm_only, b, n * k);
+            push(&format!("{label} +quant"), dims, &r.run, b, n * k);
+            KResult::Ok(r.run.out)
+        };
+        let t_bf16 = fp8("fp8 tensor static", &tensor, Some(0.05), fast, Fp8Out::Bf16)?;
+        let t_f32 = fp8("fp8 tensor static f32out", &tensor, Some(0.05), fast, Fp8Out::F32)?;
+        fp8("fp8 tensor fp32acc", &tensor, Some(0.05), precise, Fp8Out::Bf16)?;
+        fp8("fp8 tensor dynamic", &tensor, None, fast, Fp8Out::Bf16)?;
+        let c_auto = fp8("fp8 channel static", &channel, Some(0.05), fast, Fp8Out::Bf16)?;
+        let c_post = fp8("fp8 channel postscale", &channel, Some(0.05), post, Fp8Out::Bf16)?;
+        let c_f32 = fp8("fp8 channel f32out", &channel, Some(0.05), fast, Fp8Out::F32)?;
+        // The BF16 outputs are the FP32 ones rounded once (≤ 2^-8 relative): checks the BF16 D
+        // path and the fused per-channel scale at full size.
+        println!(
+            "8192³ consistency (max |a-b| / max |b|): tensor bf16 vs f32 out {:.2e}; channel \
+             auto bf16 vs f32 out {:.2e}; channel post-scale bf16 vs f32 out {:.2e}; channel \
+             auto vs post-scale (both bf16) {:.2e}",
+            rel(&t_bf16, &t_f32),
+            rel(&c_auto, &c_f32),
+            rel(&c_post, &c_f32),
+            rel(&c_auto, &c_post),
+        );
     }
 
     let (n, k) = (8192, 8192);
@@ -286,6 +279,12 @@ fn main() -> KResult<()> {
     }
     print_table(&rows);
     Ok(())
+}
+
+/// max |a − b| / max |b|.
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64)).max(1e-30);
+    a.iter().zip(b).fold(0.0f64, |m, (&p, &q)| m.max((p as f64 - q as f64).abs())) / scale
 }
 
 fn cudarc_clock() -> cudarc::driver::sys::CUdevice_attribute {

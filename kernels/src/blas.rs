@@ -6,8 +6,9 @@
 //! `k × m` (ldb = k), D is column-major `n × m` (ldd = n), i.e. the row-major `[m, n]` result.
 //! This is also the "TN" form cuBLASLt requires for FP8 operands.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys as cb;
 use cudarc::cublaslt::sys as lt;
@@ -19,11 +20,18 @@ use crate::gpu::Gpu;
 /// cuBLASLt's recommended workspace on Hopper.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
+/// How many heuristic candidates cuBLASLt is asked for; [`LtPlan::autotune`] times them all
+/// once per problem (the top-1 guess is often not the fastest at large shapes).
+const HEURISTIC_CANDIDATES: usize = 32;
+
 /// The cuBLAS and cuBLASLt handles of one [`Gpu`], plus the cuBLASLt workspace.
 pub(crate) struct Blas {
     blas: cudarc::cublas::CudaBlas,
     lt: lt::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
+    /// Autotuned cuBLASLt algorithm per problem (types, scale mode, accumulation, shape): timed
+    /// once per process, as runtimes tune once at startup.
+    algo_cache: Mutex<HashMap<String, lt::cublasLtMatmulAlgo_t>>,
 }
 
 // SAFETY: the handles are only used from calls that take `&Gpu`, on its single stream; cuBLAS
@@ -52,7 +60,7 @@ impl Blas {
             .stream
             .alloc_zeros::<u8>(WORKSPACE_BYTES)
             .map_err(|e| format!("cuBLASLt workspace: {e}"))?;
-        Ok(Blas { blas, lt, workspace })
+        Ok(Blas { blas, lt, workspace, algo_cache: Mutex::new(HashMap::new()) })
     }
 }
 
@@ -150,7 +158,8 @@ pub(crate) fn gemm_16<O>(
 pub(crate) enum LtScale {
     /// One f32 for the whole matrix.
     Scalar,
-    /// One f32 per output channel (`OUTER_VEC_32F`, cuBLAS 12.9+).
+    /// One f32 per output channel (`OUTER_VEC_32F`, cuBLAS 12.9+). cuBLASLt requires both A and
+    /// B in this mode, so `b_scale` is then a vector of m (one activation scale per row of x).
     OuterVec,
     /// One f32 per output channel as a device alpha vector over D's rows
     /// (`CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST`); `a_scale` is then that vector and
@@ -171,6 +180,8 @@ pub(crate) struct LtPlan {
     candidates: Vec<lt::cublasLtMatmulAlgo_t>,
     /// Device pointer of the alpha vector ([`LtScale::AlphaVec`]), else host alpha = 1.
     alpha_vec: Option<u64>,
+    /// Key of this problem in [`Blas::algo_cache`].
+    key: String,
 }
 
 impl Drop for LtPlan {
@@ -224,7 +235,40 @@ impl LtPlan {
         fast_accum: bool,
         (m, n, k): (usize, usize, usize),
     ) -> KResult<LtPlan> {
+        LtPlan::new(
+            gpu,
+            w_ty,
+            x_ty,
+            out_ty,
+            Some((a_mode, a_scale, b_scale)),
+            fast_accum,
+            (m, n, k),
+        )
+    }
+
+    /// Plans the BF16 baseline through cuBLASLt: `out[m, n] (out_ty) = W[n, k] · x[m, k]ᵀ`,
+    /// FP32 accumulation, so it gets the same heuristic search and autotuning as FP8.
+    pub(crate) fn bf16(
+        gpu: &Gpu,
+        out_ty: ElemType,
+        (m, n, k): (usize, usize, usize),
+    ) -> KResult<LtPlan> {
+        LtPlan::new(gpu, ElemType::Bf16, ElemType::Bf16, out_ty, None, false, (m, n, k))
+    }
+
+    /// `scales`: FP8 scale mode plus the A and B scale device pointers (None for 16-bit inputs).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        gpu: &Gpu,
+        w_ty: ElemType,
+        x_ty: ElemType,
+        out_ty: ElemType,
+        scales: Option<(LtScale, u64, u64)>,
+        fast_accum: bool,
+        (m, n, k): (usize, usize, usize),
+    ) -> KResult<LtPlan> {
         let blas = gpu.blas()?;
+        let a_mode = scales.map(|s| s.0);
         let desc = cudarc::cublaslt::result::create_matmul_desc(
             lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             lt::cudaDataType::CUDA_R_32F,
@@ -267,7 +311,8 @@ impl LtPlan {
             // SAFETY: an all-zero algo is a valid placeholder; it is overwritten below before use.
             algo: unsafe { std::mem::zeroed() },
             candidates: Vec::new(),
-            alpha_vec: (a_mode == LtScale::AlphaVec).then_some(a_scale),
+            alpha_vec: scales.and_then(|(mode, a, _)| (mode == LtScale::AlphaVec).then_some(a)),
+            key: format!("{w_ty:?}/{x_ty:?}/{out_ty:?}/{a_mode:?}/fa{fast_accum}/{m}x{n}x{k}"),
         };
         use lt::cublasLtMatmulDescAttributes_t as A;
         // SAFETY: each value has the type the attribute documents (cublasOperation_t, pointers
@@ -283,37 +328,38 @@ impl LtPlan {
                 A::CUBLASLT_MATMUL_DESC_TRANSB,
                 &(cb::cublasOperation_t::CUBLAS_OP_N as i32),
             )?;
-            let (ap, bp) = (a_scale as *const c_void, b_scale as *const c_void);
-            if a_mode == LtScale::AlphaVec {
-                let mode =
-                    lt::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST
+            if let Some((a_mode, a_scale, b_scale)) = scales {
+                let (ap, bp) = (a_scale as *const c_void, b_scale as *const c_void);
+                if a_mode == LtScale::AlphaVec {
+                    let mode = lt::cublasLtPointerMode_t::CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST
                         as i32;
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode)?;
-            } else {
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap)?;
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_POINTER_MODE, &mode)?;
+                } else {
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ap)?;
+                }
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &bp)?;
+                if a_mode == LtScale::OuterVec {
+                    // The cuBLAS docs require A and B both in outer-vector mode (a vector of M
+                    // for A = our n output channels, of N for B = our m rows).
+                    let mode =
+                        lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
+                            as i32;
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
+                    set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)?;
+                }
+                // Fast accumulation is what FP8 runtimes use on Hopper (CUTLASS `FP8FastAccum`
+                // schedules); without it cuBLASLt periodically promotes partial sums to FP32.
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &(fast_accum as i8))?;
             }
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &bp)?;
-            if a_mode == LtScale::OuterVec {
-                let mode =
-                    lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
-                        as i32;
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
-                let scalar =
-                    lt::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F as i32;
-                set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &scalar)?;
-            }
-            // Fast accumulation is what FP8 runtimes use on Hopper (CUTLASS `FP8FastAccum`
-            // schedules); without it cuBLASLt periodically promotes partial sums to FP32.
-            set_desc(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &(fast_accum as i8))?;
         }
         plan.candidates = plan.heuristic()?;
         plan.algo = plan.candidates[0];
         Ok(plan)
     }
 
-    /// Up to 8 algorithms cuBLASLt proposes for this problem, best guess first.
+    /// Up to [`HEURISTIC_CANDIDATES`] algorithms cuBLASLt proposes, best guess first.
     fn heuristic(&self) -> KResult<Vec<lt::cublasLtMatmulAlgo_t>> {
-        const WANT: usize = 8;
+        const WANT: usize = HEURISTIC_CANDIDATES;
         let pref = cudarc::cublaslt::result::create_matmul_pref()
             .map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
         let ws = WORKSPACE_BYTES;
@@ -345,7 +391,7 @@ impl LtPlan {
                 );
                 if status != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
                     return Err(KernelError::Blas(format!(
-                        "no cuBLASLt algorithm for this FP8 matmul: {status:?}"
+                        "no cuBLASLt algorithm for this matmul: {status:?}"
                     )));
                 }
                 let algos: Vec<_> = results[..(count.max(0) as usize).min(WANT)]
@@ -354,9 +400,7 @@ impl LtPlan {
                     .map(|r| r.algo)
                     .collect();
                 if algos.is_empty() {
-                    return Err(KernelError::Blas(
-                        "no cuBLASLt algorithm for this FP8 matmul".into(),
-                    ));
+                    return Err(KernelError::Blas("no cuBLASLt algorithm for this matmul".into()));
                 }
                 Ok(algos)
             })
@@ -367,14 +411,20 @@ impl LtPlan {
     }
 
     /// Times each heuristic candidate on the real operands (a few runs each, CUDA events) and
-    /// keeps the fastest, as runtimes' autotuners do. Returns how many candidates were tried.
-    pub(crate) fn autotune<O>(
+    /// keeps the fastest, as runtimes' autotuners do; the choice is cached per problem for the
+    /// life of the [`Gpu`]. Returns how many candidates were timed (0: cache hit).
+    pub(crate) fn autotune<W, X, O>(
         &mut self,
         gpu: &Gpu,
-        w: &CudaSlice<u8>,
-        x: &CudaSlice<u8>,
+        w: &CudaSlice<W>,
+        x: &CudaSlice<X>,
         out: &mut CudaSlice<O>,
     ) -> KResult<usize> {
+        let cached = self.blas.algo_cache.lock().ok().and_then(|c| c.get(&self.key).copied());
+        if let Some(algo) = cached {
+            self.algo = algo;
+            return Ok(0);
+        }
         let candidates = self.candidates.clone();
         let mut best = (f64::INFINITY, self.algo);
         for algo in &candidates {
@@ -388,15 +438,20 @@ impl LtPlan {
             }
         }
         self.algo = best.1;
+        if best.0.is_finite() {
+            if let Ok(mut c) = self.blas.algo_cache.lock() {
+                c.insert(self.key.clone(), best.1);
+            }
+        }
         Ok(candidates.len())
     }
 
     /// Runs the planned matmul on `gpu`'s stream.
-    pub(crate) fn run<O>(
+    pub(crate) fn run<W, X, O>(
         &self,
         gpu: &Gpu,
-        w: &CudaSlice<u8>,
-        x: &CudaSlice<u8>,
+        w: &CudaSlice<W>,
+        x: &CudaSlice<X>,
         out: &mut CudaSlice<O>,
     ) -> KResult<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);

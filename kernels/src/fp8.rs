@@ -2,11 +2,15 @@
 //!
 //! - Per-tensor: activations are quantized to E4M3 on the GPU (`x / input_scale`, or dynamic
 //!   `absmax/448` computed on the GPU), then one cuBLASLt FP8 matmul applies both scales through
-//!   its A/B scale pointers (FP32 accumulation, no fast accumulation, FP32 output).
-//! - Per-channel: cuBLASLt `OUTER_VEC_32F` scaling of A (one scale per output channel, cuBLAS
-//!   12.9+) when it offers an algorithm, else cuBLASLt's per-row device alpha vector (an
-//!   epilogue scale of D's rows, which are the output channels), else an unscaled-weight FP8
-//!   matmul followed by qtool's `scale_cols` kernel. [`GemmRun::backend`] says which ran.
+//!   its A/B scale pointers. The result is BF16 as runtimes emit it ([`Fp8Out`]; FP32 on
+//!   request), widened to f32 on the host outside the timed region.
+//! - Per-channel: cuBLASLt `OUTER_VEC_32F` scaling (one scale per output channel on A, the
+//!   activation scale repeated per row on B: cuBLAS requires both sides in that mode; cuBLAS
+//!   12.9+) when it offers an algorithm that runs, else cuBLASLt's per-row device alpha vector,
+//!   else an unscaled-weight FP8 matmul (FP32) followed by qtool's post-scale, fused with the
+//!   rounding to BF16 (`scale_cols_bf16`). [`GemmRun::backend`] says which ran.
+//! - Timing: [`Fp8Run`] reports the call including activation quantization and the GEMM alone;
+//!   cuBLASLt's top-32 heuristic algorithms are timed once per problem and the fastest cached.
 //! - Accumulation: cuBLASLt "fast accumulation" by default, as FP8 runtimes use on Hopper
 //!   (CUTLASS FP8FastAccum); [`Fp8Options::fast_accum`] = false for FP32-promoted sums.
 //! - Block 128×128 (activations per 1×128 group): qtool's own kernel (`fp8_block_gemm`).
@@ -48,6 +52,27 @@ pub struct Fp8Options {
     pub fast_accum: bool,
 }
 
+/// Element type the cuBLASLt FP8 GEMM writes (the host result is widened to f32 either way,
+/// outside the timed region).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Out {
+    /// BF16, what runtimes' scaled GEMMs emit (vLLM `cutlass_scaled_mm`, `torch._scaled_mm`).
+    Bf16,
+    /// FP32: the unrounded product, for accuracy checks.
+    F32,
+}
+
+/// An FP8 GEMM result with both timings.
+#[derive(Clone, Debug)]
+pub struct Fp8Run {
+    /// `run.micros` includes the activation quantization (x arrives as BF16).
+    pub run: GemmRun,
+    /// The GEMM (and any post-scale) alone on already-quantized FP8 activations, as runtimes
+    /// run it when the previous op emits FP8 and as vLLM's GEMM benchmark times it; 0 when not
+    /// timed. Block-128 quantizes inside every call, so there it equals `run.micros`.
+    pub gemm_micros: f64,
+}
+
 impl Default for Fp8Options {
     fn default() -> Self {
         Fp8Options { path: Fp8Path::Auto, fast_accum: true }
@@ -71,10 +96,13 @@ impl Gpu {
         input_scale: Option<f32>,
         reps: usize,
     ) -> KResult<GemmRun> {
-        self.fp8_gemm_with(x, m, n, k, w, kind, scale, input_scale, Fp8Options::default(), reps)
+        let opts = Fp8Options::default();
+        self.fp8_gemm_run(x, m, n, k, w, kind, scale, input_scale, opts, Fp8Out::Bf16, reps)
+            .map(|r| r.run)
     }
 
-    /// [`Gpu::fp8_gemm`] with explicit options.
+    /// [`Gpu::fp8_gemm`] with explicit options and an FP32 result (the unrounded FP8 product,
+    /// for accuracy checks); see [`Gpu::fp8_gemm_run`] for the output type.
     #[allow(clippy::too_many_arguments)]
     pub fn fp8_gemm_with(
         &self,
@@ -89,6 +117,26 @@ impl Gpu {
         opts: Fp8Options,
         reps: usize,
     ) -> KResult<GemmRun> {
+        self.fp8_gemm_run(x, m, n, k, w, kind, scale, input_scale, opts, Fp8Out::F32, reps)
+            .map(|r| r.run)
+    }
+
+    /// The general form: options, output type, and both timings ([`Fp8Run`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fp8_gemm_run(
+        &self,
+        x: &[bf16],
+        m: usize,
+        n: usize,
+        k: usize,
+        w: &[u8],
+        kind: Fp8Kind,
+        scale: &Fp8Scale,
+        input_scale: Option<f32>,
+        opts: Fp8Options,
+        out: Fp8Out,
+        reps: usize,
+    ) -> KResult<Fp8Run> {
         check_dims(m, n, k)?;
         check_len("x", x.len(), m * k)?;
         check_len("w", w.len(), n * k)?;
@@ -101,11 +149,11 @@ impl Gpu {
         }
         match scale {
             Fp8Scale::PerTensor(s) => {
-                self.fp8_lt(x, (m, n, k), w, kind, &[*s], false, input_scale, opts, reps)
+                self.fp8_lt(x, (m, n, k), w, kind, &[*s], false, input_scale, opts, out, reps)
             }
             Fp8Scale::PerChannel(s) => {
                 check_len("per-channel scales", s.len(), n)?;
-                self.fp8_lt(x, (m, n, k), w, kind, s, true, input_scale, opts, reps)
+                self.fp8_lt(x, (m, n, k), w, kind, s, true, input_scale, opts, out, reps)
             }
             Fp8Scale::Block128(s) => {
                 check_len("block scales", s.len(), n.div_ceil(128) * k.div_ceil(128))?;
@@ -114,7 +162,10 @@ impl Gpu {
                         "block-scaled FP8 quantizes activations per 1x128 group; a static input_scale does not apply".into(),
                     ));
                 }
-                self.fp8_block(x, (m, n, k), w, kind, s, reps)
+                // The own block kernel writes FP32 and quantizes as part of every call.
+                let run = self.fp8_block(x, (m, n, k), w, kind, s, reps)?;
+                let gemm_micros = run.micros;
+                Ok(Fp8Run { run, gemm_micros })
             }
         }
     }
@@ -130,8 +181,9 @@ impl Gpu {
         per_channel: bool,
         input_scale: Option<f32>,
         opts: Fp8Options,
+        out_ty: Fp8Out,
         reps: usize,
-    ) -> KResult<GemmRun> {
+    ) -> KResult<Fp8Run> {
         let fa = opts.fast_accum;
         let stream = self.stream().clone();
         let xd = self.upload(bits_bf16(x))?;
@@ -139,49 +191,68 @@ impl Gpu {
         let ws = self.upload(wscale)?;
         let ones = self.upload(&[1.0f32])?;
         let mut xq = self.zeros::<u8>(m * k)?;
-        let mut xs = self.zeros::<f32>(1)?;
+        // Activation scale: one value, or that value per row for cuBLASLt's outer-vector mode.
+        let mut xs = self.zeros::<f32>(m)?;
         let mut amax = self.zeros::<u32>(1)?;
-        let mut out = self.zeros::<f32>(m * n)?;
+        let bf16_out = out_ty == Fp8Out::Bf16;
         let w_ty = match kind {
             Fp8Kind::E4M3 => ElemType::E4M3,
             Fp8Kind::E5M2 => ElemType::E5M2,
         };
+        let d_ty = if bf16_out { ElemType::Bf16 } else { ElemType::F32 };
         let ptr = |s: &cudarc::driver::CudaSlice<f32>| s.device_ptr(&stream).0;
-        // Plan: vector scales in cuBLASLt, else an alpha vector, else scalar 1.0 on A and a
-        // post-scale.
-        let plan_for = |mode: LtScale, a: u64| {
-            LtPlan::fp8(self, w_ty, ElemType::E4M3, ElemType::F32, mode, a, ptr(&xs), fa, (m, n, k))
+        let plan_for = |mode: LtScale, a: u64, d: ElemType| {
+            LtPlan::fp8(self, w_ty, ElemType::E4M3, d, mode, a, ptr(&xs), fa, (m, n, k))
         };
-        // `None` plan: cuBLASLt has no algorithm at all (e.g. an E5M2 combination it lacks):
-        // qtool's own FP8 kernel with per-tensor activation and per-tensor/channel weight scales.
+        // Plan: vector scales in cuBLASLt, else an alpha vector, else scalar 1.0 on A and a
+        // post-scale (into the BF16 output when that is asked for: the GEMM then writes FP32
+        // and the scale and the one rounding to BF16 happen in one pass). `None` plan:
+        // cuBLASLt has no algorithm at all (e.g. an E5M2 combination it lacks): qtool's own FP8
+        // kernel with per-tensor activation and per-tensor/channel weight scales, FP32 output.
         let (mut plan, post_scale, how): (Option<LtPlan>, bool, &str) = if !per_channel {
-            match plan_for(LtScale::Scalar, ptr(&ws)) {
+            match plan_for(LtScale::Scalar, ptr(&ws), d_ty) {
                 Ok(p) => (Some(p), false, "per-tensor"),
                 Err(_) => (None, false, "per-tensor"),
             }
         } else {
+            // cuBLASLt may hand out an algorithm for a scale mode and refuse it only in
+            // `cublasLtMatmul` (INVALID_VALUE / NOT_SUPPORTED), so Auto runs each once first.
+            let trial = |p: LtPlan| -> KResult<LtPlan> {
+                let mut t = self.zeros::<u8>(m * n * 4)?;
+                p.run(self, &wd, &xq, &mut t)?;
+                self.synchronize()?;
+                Ok(p)
+            };
             let chosen = match opts.path {
-                Fp8Path::Auto => plan_for(LtScale::OuterVec, ptr(&ws))
+                Fp8Path::Auto => plan_for(LtScale::OuterVec, ptr(&ws), d_ty)
+                    .and_then(trial)
                     .map(|p| (p, "per-channel (cublaslt outer-vector scales)"))
                     .or_else(|_| {
-                        plan_for(LtScale::AlphaVec, ptr(&ws))
+                        plan_for(LtScale::AlphaVec, ptr(&ws), d_ty)
+                            .and_then(trial)
                             .map(|p| (p, "per-channel (cublaslt alpha vector)"))
                     })
                     .ok(),
                 Fp8Path::AlphaVector => Some((
-                    plan_for(LtScale::AlphaVec, ptr(&ws))?,
+                    plan_for(LtScale::AlphaVec, ptr(&ws), d_ty)?,
                     "per-channel (cublaslt alpha vector)",
                 )),
                 Fp8Path::PostScale => None,
             };
             match chosen {
                 Some((p, how)) => (Some(p), false, how),
-                None => match plan_for(LtScale::Scalar, ptr(&ones)) {
+                None => match plan_for(LtScale::Scalar, ptr(&ones), ElemType::F32) {
                     Ok(p) => (Some(p), true, "per-channel (post-scale kernel)"),
                     Err(_) => (None, false, "per-channel"),
                 },
             }
         };
+        // Buffers: FP32 when the GEMM writes FP32 (asked for, post-scale, own kernel); BF16
+        // when the result is BF16.
+        let gemm_f32 = !bf16_out || post_scale || plan.is_none();
+        let result_bf16 = bf16_out && plan.is_some();
+        let mut out32 = self.zeros::<f32>(if gemm_f32 { m * n } else { 1 })?;
+        let mut out16 = self.zeros::<u16>(if result_bf16 { m * n } else { 1 })?;
         let f_own = self.function(&SRC, "fp8_block_gemm")?;
         let (zero, one, ws_rs) = (0i32, 1i32, per_channel as i32);
         let e5m2 = (kind == Fp8Kind::E5M2) as i32;
@@ -189,43 +260,54 @@ impl Gpu {
         let f_amax = self.function(&SRC, "absmax_bf16")?;
         let f_quant = self.function(&SRC, "quant_e4m3_tensor")?;
         let f_scale = self.function(&SRC, "scale_cols")?;
+        let f_scale16 = self.function(&SRC, "scale_cols_bf16")?;
         let len = (m * k) as u64;
-        let quant_threads = (m * k).div_ceil(8).max(m * k % 8);
+        let quant_threads = (m * k).div_ceil(8).max(m * k % 8).max(1);
         let (mi, ni) = (m as i32, n as i32);
+        let n_scale = mi;
         let static_scale = input_scale.unwrap_or(1.0);
+        let mut tuned = None;
         // When timing, pick the fastest of cuBLASLt's candidate algorithms first (the operands
         // are already the real ones; xq's contents do not matter for speed).
         if reps > 0 {
             if let Some(p) = plan.as_mut() {
-                p.autotune(self, &wd, &xq, &mut out)?;
+                tuned = Some(if gemm_f32 {
+                    p.autotune(self, &wd, &xq, &mut out32)?
+                } else {
+                    p.autotune(self, &wd, &xq, &mut out16)?
+                });
             }
         }
-        let micros = median_micros(self, reps, || {
-            if input_scale.is_none() {
-                stream.memset_zeros(&mut amax)?;
-                let grid = blocks((m * k).div_ceil(8), 256)?.clamp(1, 2048);
-                let mut b = stream.launch_builder(&f_amax);
-                b.arg(&xd).arg(&len).arg(&mut amax);
-                launch(self, &f_amax, "absmax_bf16", b, config((grid, 1, 1), (256, 1, 1), 0))?;
+        // One call: activation quantization (when `quant`), then the GEMM and any post-scale.
+        let mut step = |quant: bool| -> KResult<()> {
+            if quant {
+                if input_scale.is_none() {
+                    stream.memset_zeros(&mut amax)?;
+                    let grid = blocks((m * k).div_ceil(8), 256)?.clamp(1, 2048);
+                    let mut b = stream.launch_builder(&f_amax);
+                    b.arg(&xd).arg(&len).arg(&mut amax);
+                    launch(self, &f_amax, "absmax_bf16", b, config((grid, 1, 1), (256, 1, 1), 0))?;
+                }
+                let mut b = stream.launch_builder(&f_quant);
+                let null = 0u64;
+                b.arg(&xd).arg(&len);
+                if input_scale.is_none() {
+                    b.arg(&amax);
+                } else {
+                    b.arg(&null);
+                }
+                b.arg(&static_scale).arg(&mut xs).arg(&n_scale).arg(&mut xq);
+                launch(
+                    self,
+                    &f_quant,
+                    "quant_e4m3_tensor",
+                    b,
+                    config((blocks(quant_threads, 256)?, 1, 1), (256, 1, 1), 0),
+                )?;
             }
-            let mut b = stream.launch_builder(&f_quant);
-            let null = 0u64;
-            b.arg(&xd).arg(&len);
-            if input_scale.is_none() {
-                b.arg(&amax);
-            } else {
-                b.arg(&null);
-            }
-            b.arg(&static_scale).arg(&mut xs).arg(&mut xq);
-            launch(
-                self,
-                &f_quant,
-                "quant_e4m3_tensor",
-                b,
-                config((blocks(quant_threads.max(1), 256)?, 1, 1), (256, 1, 1), 0),
-            )?;
             match &plan {
-                Some(p) => p.run(self, &wd, &xq, &mut out)?,
+                Some(p) if gemm_f32 => p.run(self, &wd, &xq, &mut out32)?,
+                Some(p) => p.run(self, &wd, &xq, &mut out16)?,
                 None => {
                     let mut b = stream.launch_builder(&f_own);
                     b.arg(&xq)
@@ -238,7 +320,7 @@ impl Gpu {
                         .arg(&one)
                         .arg(&ws_rs)
                         .arg(&zero);
-                    b.arg(&mi).arg(&ni).arg(&ki).arg(&mut out);
+                    b.arg(&mi).arg(&ni).arg(&ki).arg(&mut out32);
                     launch(
                         self,
                         &f_own,
@@ -248,9 +330,19 @@ impl Gpu {
                     )?;
                 }
             }
-            if post_scale {
+            if post_scale && result_bf16 {
+                let mut b = stream.launch_builder(&f_scale16);
+                b.arg(&out32).arg(&mi).arg(&ni).arg(&ws).arg(&mut out16);
+                launch(
+                    self,
+                    &f_scale16,
+                    "scale_cols_bf16",
+                    b,
+                    config((blocks((m * n).div_ceil(4), 256)?, 1, 1), (256, 1, 1), 0),
+                )?;
+            } else if post_scale {
                 let mut b = stream.launch_builder(&f_scale);
-                b.arg(&mut out).arg(&mi).arg(&ni).arg(&ws);
+                b.arg(&mut out32).arg(&mi).arg(&ni).arg(&ws);
                 launch(
                     self,
                     &f_scale,
@@ -260,23 +352,39 @@ impl Gpu {
                 )?;
             }
             Ok(())
-        })?;
+        };
+        let micros = median_micros(self, reps, || step(true))?;
+        // The GEMM alone on the activations just quantized (what a runtime runs when the
+        // previous op already emitted FP8, and what vLLM's GEMM benchmark times).
+        let gemm_micros = if reps > 0 { median_micros(self, reps, || step(false))? } else { 0.0 };
         let act = if input_scale.is_some() { "static input scale" } else { "dynamic input scale" };
-        Ok(GemmRun {
-            out: self.download(&out)?,
+        let out = if result_bf16 {
+            self.download(&out16)?.into_iter().map(|b| bf16::from_bits(b).to_f32()).collect()
+        } else {
+            self.download(&out32)?
+        };
+        let tuning = match tuned {
+            Some(0) => ", cached algo".to_string(),
+            Some(t) => format!(", autotuned over {t}"),
+            None => String::new(),
+        };
+        let run = GemmRun {
+            out,
             micros,
             backend: match plan {
                 Some(_) => format!(
-                    "cublaslt fp8 {} {how}, {act}, {}",
+                    "cublaslt fp8 {} {how}, {act}, {}, {} out{tuning}",
                     kind_name(kind),
-                    if fa { "fast accum" } else { "fp32-promoted accum" }
+                    if fa { "fast accum" } else { "fp32-promoted accum" },
+                    if result_bf16 { "bf16" } else { "f32" }
                 ),
                 None => format!(
                     "qtool fp8 {} {how}, {act} (own kernel, CUDA cores: cuBLASLt had no algorithm)",
                     kind_name(kind)
                 ),
             },
-        })
+        };
+        Ok(Fp8Run { run, gemm_micros })
     }
 
     fn fp8_block(

@@ -48,27 +48,36 @@ pub struct MarlinConfig {
     pub stages: usize,
     /// CTAs per SM the kernel's registers were budgeted for (`__launch_bounds__`).
     pub min_blocks: usize,
-    /// Whether weight copies ask L2 for 256-byte DRAM fetches (`cp.async…L2::256B`).
-    pub prefetch: bool,
+    /// How the weights reach shared memory: 0 `cp.async`, 1 `cp.async…L2::256B` (256-byte DRAM
+    /// fetches), 2 Hopper bulk copies completing on an mbarrier (`cp.async` before sm_90).
+    pub copy: usize,
 }
 
-/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch)` instantiated in marlin.cu.
-pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 15] = [
-    (1, 2, 8, 4, 1, false),
-    (2, 2, 8, 4, 1, false),
-    (3, 2, 8, 4, 1, false),
-    (4, 2, 8, 4, 1, false),
-    (1, 4, 8, 4, 1, false),
-    (2, 4, 8, 4, 1, false),
-    (3, 4, 8, 4, 1, false),
-    (4, 4, 8, 4, 1, false),
-    (1, 1, 8, 4, 1, false),
-    (2, 1, 8, 4, 1, false),
-    (3, 1, 8, 4, 1, false),
-    (4, 1, 8, 4, 1, false),
-    (1, 2, 16, 3, 1, false),
-    (1, 4, 16, 3, 1, true),
-    (1, 2, 8, 4, 2, true),
+/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, copy)` instantiated in marlin.cu.
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, usize); 23] = [
+    (1, 2, 8, 4, 1, 0),
+    (2, 2, 8, 4, 1, 0),
+    (3, 2, 8, 4, 1, 0),
+    (4, 2, 8, 4, 1, 0),
+    (1, 4, 8, 4, 1, 0),
+    (2, 4, 8, 4, 1, 0),
+    (3, 4, 8, 4, 1, 0),
+    (4, 4, 8, 4, 1, 0),
+    (1, 1, 8, 4, 1, 0),
+    (2, 1, 8, 4, 1, 0),
+    (3, 1, 8, 4, 1, 0),
+    (4, 1, 8, 4, 1, 0),
+    (1, 2, 16, 3, 1, 0),
+    (1, 4, 16, 3, 1, 1),
+    (1, 2, 8, 4, 2, 1),
+    (1, 2, 16, 4, 1, 2),
+    (1, 2, 16, 6, 1, 2),
+    (1, 4, 16, 4, 1, 2),
+    (1, 2, 8, 8, 1, 2),
+    (1, 1, 16, 6, 1, 2),
+    (4, 4, 8, 4, 1, 2),
+    (4, 2, 8, 4, 1, 2),
+    (4, 1, 8, 4, 1, 2),
 ];
 
 impl MarlinConfig {
@@ -78,9 +87,9 @@ impl MarlinConfig {
         k_tiles: usize,
         stages: usize,
         min_blocks: usize,
-        prefetch: bool,
+        copy: usize,
     ) -> Self {
-        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch }
+        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks, copy }
     }
 
     /// Every configuration compiled into marlin.cu.
@@ -95,12 +104,7 @@ impl MarlinConfig {
     pub fn kernel_name(&self) -> String {
         format!(
             "marlin_w4a16_m{}_n{}_k{}_s{}_o{}_p{}",
-            self.m_blocks,
-            self.n_chunks,
-            self.k_tiles,
-            self.stages,
-            self.min_blocks,
-            self.prefetch as u8
+            self.m_blocks, self.n_chunks, self.k_tiles, self.stages, self.min_blocks, self.copy
         )
     }
 
@@ -113,14 +117,15 @@ impl MarlinConfig {
     }
 
     /// Dynamic shared memory in bytes; mirrors the layout comment above `marlin_w4a16` in the
-    /// .cu file (pipeline stages of A, B and scale tiles, then the k-warp reduction buffer).
+    /// .cu file (pipeline stages of A, B and scale tiles, the k-warp reduction buffer, then one
+    /// 8-byte mbarrier per stage).
     pub fn smem_bytes(&self) -> usize {
         let a = self.m_blocks * 16 * self.tile_k() * 2;
         let b = self.k_tiles * self.n_chunks * 512;
         let s = (self.tile_k() / 32) * self.tile_n() * 2;
         let k_warps = 8 / self.n_chunks;
         let red = if k_warps > 1 { self.n_chunks * self.m_blocks * 32 * 32 * 4 } else { 0 };
-        self.stages * (a + b + s) + red
+        self.stages * (a + b + s) + red + 8 * self.stages
     }
 
     /// Whether this configuration's tile divides an `n × k` weight.
@@ -142,18 +147,16 @@ fn m_blocks_for(m: usize) -> usize {
 pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option<MarlinConfig> {
     let m_blocks = m_blocks_for(m);
     let passes = m.div_ceil(16 * m_blocks);
-    // (n_chunks, k_tiles, stages, min_blocks, prefetch)
-    let prefs: &[(usize, usize, usize, usize, bool)] = match (m_blocks, passes) {
+    // (n_chunks, k_tiles, stages, min_blocks, copy)
+    let prefs: &[(usize, usize, usize, usize, usize)] = match (m_blocks, passes) {
         (1, _) if n >= 16384 => {
-            &[(4, 16, 3, 1, true), (4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
+            &[(4, 16, 3, 1, 1), (4, 8, 4, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)]
         }
-        (1, _) => &[(2, 16, 3, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
-        (4, 1) if n >= 16384 => &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
-        (4, 1) if n <= 4096 => &[(1, 8, 4, 1, false)],
-        (4, p) if p > 1 && n >= 8192 => {
-            &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
-        }
-        _ => &[(2, 8, 4, 1, false), (1, 8, 4, 1, false)],
+        (1, _) => &[(2, 16, 3, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
+        (4, 1) if n >= 16384 => &[(4, 8, 4, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
+        (4, 1) if n <= 4096 => &[(1, 8, 4, 1, 0)],
+        (4, p) if p > 1 && n >= 8192 => &[(4, 8, 4, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
+        _ => &[(2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
     };
     prefs
         .iter()
@@ -618,16 +621,14 @@ mod tests {
             {
                 let v = nums(args);
                 entries.extend(
-                    (1..=4).map(|mb| {
-                        MarlinConfig::new(mb, v[0], v[1], v[2], 1, v[3] == 1).kernel_name()
-                    }),
+                    (1..=4)
+                        .map(|mb| MarlinConfig::new(mb, v[0], v[1], v[2], 1, v[3]).kernel_name()),
                 );
             } else if let Some(args) =
                 line.strip_prefix("MARLIN_ENTRY(").and_then(|r| r.strip_suffix(')'))
             {
                 let v = nums(args);
-                entries
-                    .push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4], v[5] == 1).kernel_name());
+                entries.push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4], v[5]).kernel_name());
             }
         }
         let mut names: Vec<String> = MarlinConfig::all().iter().map(|c| c.kernel_name()).collect();

@@ -231,12 +231,22 @@ def test_resume_refuses_a_state_of_other_settings(tiny, tmp_path, run_qtool):
 
 
 def test_smollm2_gptq_and_awq_beat_rtn(smollm2_hf, tmp_path, run_qtool):
-    # 8 × 256 tokens: more than down_proj's 1536 inputs, so its Hessian has full rank.
-    for method, layout, extra in (("gptq", "gptq", ["--act-order"]), ("awq", "awq", [])):
-        out = tmp_path / method
-        run_qtool("quantize", smollm2_hf, "-o", out, "--fmt", "w4a16", "--method", method,
-                  "--layout", layout, "--group-size", "64", "--calib-samples", "8",
-                  "--calib-seqlen", "256", *extra, "-q")
-        log = _check_log(out, 30 * 7, method, 0.85)
-        assert log["calibration"]["source"] == "the built-in calibration text"
-        _dequant_close(run_qtool, smollm2_hf, out, 0.35)
+    # 8 × 256 tokens: more than down_proj's 1536 inputs, so its Hessian has full rank. AWQ's
+    # scale search is the expensive part on CPU, so CI runs it on blocks 0-3 only (the other
+    # blocks stay F16 and still carry the calibration activations).
+    common = ["--fmt", "w4a16", "--group-size", "64", "--calib-samples", "8", "--calib-seqlen", "256", "-q"]
+    out = tmp_path / "gptq"
+    run_qtool("quantize", smollm2_hf, "-o", out, "--method", "gptq", "--layout", "gptq", "--act-order", *common)
+    log = _check_log(out, 30 * 7, "gptq", 0.8)
+    assert log["calibration"]["source"] == "the built-in calibration text"
+    _dequant_close(run_qtool, smollm2_hf, out, 0.35)
+
+    out = tmp_path / "awq"
+    run_qtool("quantize", smollm2_hf, "-o", out, "--method", "awq", "--layout", "awq",
+              "--ignore", r"model\.layers\.([4-9]|[12][0-9])\.", *common)
+    _check_log(out, 4 * 7, "awq", 0.9)
+    # AWQ stores W·diag(s) (the scales live in the norms), so its weights are not compared
+    # with the input's; the ignored blocks are copied exactly.
+    rows = _diff_rows(run_qtool, smollm2_hf, out)
+    assert rows["model.layers.5.mlp.down_proj.weight"]["rel_fro"] == 0.0
+    assert rows["model.layers.0.input_layernorm.weight"]["rel_fro"] > 0.0

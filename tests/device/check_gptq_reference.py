@@ -19,6 +19,7 @@ Usage: python tests/device/check_gptq_reference.py QTOOL_PTQ_LAYER_BIN GPTQ_SRC_
 Exit 1 when a case matches less than 90% (f32 reference) / 95% (f64-Hessian reference) of weights.
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -30,12 +31,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-binary, gptq_src, work = Path(args[0]), Path(args[1]), Path(args[2])
-device = "cuda" if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cuda" else "cpu"
-if device == "cuda":
-    args = [a for a in args if a != "cuda"]
-big = "--big" in sys.argv
+ap = argparse.ArgumentParser()
+ap.add_argument("binary", type=Path, help="qtool's ptq_layer example")
+ap.add_argument("gptq_src", type=Path, help="directory with the reference gptq.py and quant.py")
+ap.add_argument("work", type=Path)
+ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+ap.add_argument("--big", action="store_true", help="also 4096x4096 and 11008x4096 layers")
+cli = ap.parse_args()
+binary, gptq_src, work, device, big = cli.binary, cli.gptq_src, cli.work, cli.device, cli.big
 work.mkdir(parents=True, exist_ok=True)
 
 try:

@@ -3,7 +3,8 @@
 # naming the corrupted layer.
 #
 # Build here (no Rust on the device), then run there from the repository root:
-#   cargo build --release -p qtool -p qtool-verify --example corrupt
+#   cargo build --release -p qtool && cargo build --release -p qtool-verify --example corrupt
+#   (one command with both would build only the example: --example narrows every package)
 #   mkdir -p .dev/verify && cp target/release/qtool target/release/examples/corrupt .dev/verify/
 #   strip .dev/verify/*                              (11 MB instead of 105 MB with line tables)
 #   run: bash tests/device/run_verify.sh            carry: [".dev/verify"]
@@ -46,15 +47,17 @@ for l in r["layers"]:
     for b in l["batches"]:
         if b.get("speedup"):
             sp.setdefault(b["m"], []).append(b["speedup"])
-ref = [b["reference"]["kernel_rel"] / b["reference"]["expected_rel"] for l in r["layers"] for b in l["batches"]
-       if b.get("reference") and b["reference"].get("kernel_rel") is not None and b["reference"].get("expected_rel")]
+ref = [b["reference"]["cpu_rel"] / b["reference"]["expected_rel"] for l in r["layers"] for b in l["batches"]
+       if b.get("reference") and b["reference"].get("expected_rel")]
 spd = " ".join(f"m{m}:{min(v):.2f}-{max(v):.2f}x" for m, v in sorted(sp.items()))
 print(f"{label:<26} rc={rc} pass={s['passed']} fail={s['failed']} skip={s['skipped']} "
       f"kernels={','.join(kern)} max_rel={max(rel) if rel else float('nan'):.2e} "
       f"refratio<={max(ref) if ref else float('nan'):.2f} speedup {spd}")
-for l in r["layers"]:
-    if l["status"] != "pass":
-        print(f"    {l['status']}: {l['name']}: {l.get('reason','')}")
+bad = [l for l in r["layers"] if l["status"] != "pass"]
+for l in bad[:3]:
+    print(f"    {l['status']}: {l['name']}: {l.get('reason','')}")
+if len(bad) > 3:
+    print(f"    ... and {len(bad) - 3} more")
 if want:
     missing = [w for w in want if w not in s["failing"]]
     if missing:

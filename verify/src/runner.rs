@@ -4,12 +4,13 @@
 //! x  = seeded N(0,1) [m, k], rounded to the kernel's activation dtype
 //! y_kernel = kernel(x, stored bytes)                       (GPU)
 //! y_cpu    = x · dequant_cpu(stored bytes)ᵀ                (FP32, CPU)      → max_rel, mean_rel vs tolerance
+//!                                                   (per output, over its magnitude ‖x_i‖‖w_j‖/√k)
 //! y_bf16   = cuBLAS BF16 x · bf16(dequant)ᵀ                (GPU)            → time only
 //! with --ref:
 //! y_ref    = x · W_refᵀ                                    (FP32, CPU)
 //! y_q      = x · requant(W_ref)ᵀ                           (qtool's quantizer for the scheme)
 //! expected = rel(y_q, y_ref);  cpu_rel = rel(y_cpu, y_ref);  kernel_rel = rel(y_kernel, y_ref)
-//! pass     = cpu_rel ≤ limit(expected) and kernel_rel ≤ limit(expected)
+//! pass     = cpu_rel ≤ limit(expected)      (kernel_rel reported: kernel − cpu is bounded above)
 //! ```
 //! The kernel check catches a kernel that misreads the bytes; the REF check catches bytes that
 //! are wrong for every reader (a corrupted or mislabelled file), which the first check cannot,
@@ -24,7 +25,7 @@ use crate::discover::{IntFamily, Layer, LayerFormat};
 use crate::error::Result;
 use crate::expected::{requantize, Zeros};
 use crate::gemm::gemm_xwt;
-use crate::metrics::compare;
+use crate::metrics::{compare, kernel_error};
 use crate::reference::Reference;
 use crate::report::{BatchResult, LayerReport, RefResult, Status};
 use crate::tolerance::{kernel_for, ref_limit, Tolerance, REF_RATIO};
@@ -170,7 +171,7 @@ pub fn verify_layer(
         if let (Some(be), Some(tolerance), None) = (backend, tolerance, &no_kernel) {
             match be.run_layer(layer, &x, m) {
                 Ok(run) => {
-                    let s = compare(&run.out, &y_cpu);
+                    let s = kernel_error(&run.out, &y_cpu, &x, &w, m, n, k);
                     b.max_rel = Some(s.max_rel);
                     b.mean_rel = Some(s.mean_rel);
                     b.kernel_us = Some(run.micros);
@@ -206,15 +207,16 @@ pub fn verify_layer(
                 Ok(q) => {
                     let expected = compare(&gemm_xwt(&x, q, m, n, k), &y_ref).rel_fro;
                     let limit = ref_limit(expected);
+                    // The bytes are judged by the CPU dequantization; the kernel's distance to
+                    // REF adds only its own arithmetic (activation quantization for FP8), which
+                    // the kernel check bounds, so it is reported, not judged twice.
                     // `e <= limit` is false for NaN, so a NaN fails.
-                    let ok = |e: f64| e <= limit;
-                    let pass = ok(cpu_rel) && kernel_rel.is_none_or(ok);
+                    let pass = cpu_rel <= limit;
                     if !pass {
-                        let worst = kernel_rel.map_or(cpu_rel, |kr| kr.max(cpu_rel));
                         failure.get_or_insert_with(|| {
                             format!(
                                 "m={m}: error vs REF {} > limit {} ({}× the {} expected for this scheme)",
-                                fmt(worst),
+                                fmt(cpu_rel),
                                 fmt(limit),
                                 REF_RATIO,
                                 fmt(expected)

@@ -4,11 +4,13 @@
 //! Both sides multiply the *same* activations (rounded to the kernel's input dtype first, see
 //! [`crate::discover::ActDType`]) and the same stored weight, so what remains is the kernel's own
 //! arithmetic: the dtype it dequantizes weights into, its accumulation order, and the dtype of
-//! its output. Errors are relative to the reference's RMS ([`crate::metrics`]); an output element
-//! is typically up to ~4× the RMS, so rounding an output to f16 (2⁻¹¹ relative) shows up as
-//! max_rel ≈ 2·10⁻³, to bf16 (2⁻⁹) as ≈ 8·10⁻³. The limits sit a few times above what the
-//! arithmetic explains and far below what a layout bug produces (a wrong scale, nibble or group
-//! gives errors of order 1).
+//! its output. Errors are per output, over that output's natural magnitude
+//! ([`crate::metrics::kernel_error`]): rounding to f16 (2⁻¹¹ relative) shows up as max_rel of a
+//! few 10⁻³, the bf16 paths (2⁻⁹, used by the large-batch dequantize + cuBLAS routes) as ~10⁻²,
+//! and FP8's E4M3 activations as ~0.1. The limits sit a few times above what the arithmetic
+//! explains (measured on an H200: marlin/int4 ≤ 2.9·10⁻³, NVFP4 and GGUF ≤ 3.5·10⁻², FP8 ≤ 0.13
+//! on rows of equal norm) and far below what a layout bug produces (a wrong scale, nibble or
+//! group gives errors of order 1).
 
 use serde::Serialize;
 
@@ -44,10 +46,10 @@ pub const FP8_CUBLASLT: Tolerance =
 pub const FP8_BLOCK: Tolerance = Tolerance { name: "fp8_block128", max_rel: 0.25, mean_rel: 0.05 };
 /// NVFP4 (on Hopper an emulation that dequantizes E2M1 · E4M3 · global in the kernel): bf16
 /// activations and bf16 dequantized weights, f32 accumulation.
-pub const NVFP4: Tolerance = Tolerance { name: "nvfp4_gemm", max_rel: 3e-2, mean_rel: 5e-3 };
+pub const NVFP4: Tolerance = Tolerance { name: "nvfp4_gemm", max_rel: 6e-2, mean_rel: 5e-3 };
 /// GGUF block types: blocks dequantized in the kernel, f32 activations; a kernel that quantizes
 /// activations to 8 bits (as llama.cpp's mat-vec does) adds ≈ 0.5 % noise.
-pub const GGUF: Tolerance = Tolerance { name: "gguf_gemm", max_rel: 3e-2, mean_rel: 5e-3 };
+pub const GGUF: Tolerance = Tolerance { name: "gguf_gemm", max_rel: 6e-2, mean_rel: 5e-3 };
 
 /// The kernel that runs a layer (its name in reports) and its tolerance; `None` when qtool has
 /// no kernel for the layout (8-bit integer layers), with the reason.
