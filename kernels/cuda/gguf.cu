@@ -1,6 +1,6 @@
 // GGUF block formats: fused dequant + GEMV (warp per output row) and dequant-to-bf16 for the
 // large-batch path (then cuBLAS). Block layouts: formats/src/gguf/ggml_type.rs and
-// quantizers/src/gguf/{legacy,q4_k,q6_k}.rs; the arithmetic order matches the CPU reference.
+// quantizers/src/gguf/{legacy,q4_k,q5_k,q6_k}.rs; the arithmetic order matches the CPU reference.
 #include "qtool_common.cuh"
 
 using namespace qtool;
@@ -47,6 +47,72 @@ struct DecQ4_1 {
             const u8 q = b[4 + j];
             out[j] = (float)(q & 0xF) * d + m;
             out[j + 16] = (float)(q >> 4) * d + m;
+        }
+    }
+};
+
+// Q5_0: 22-byte blocks of 32: f16 d, 4 bytes qh (bit j = 5th bit of element j), 16 bytes of
+// nibbles as Q4_0. w = (q - 16) * d. (llama.cpp's recipes fall back to Q5_0 when a row is not a
+// multiple of 256, e.g. SmolLM2's 576-wide tensors under Q4_K_M.)
+struct DecQ5_0 {
+    const u8* w; size_t row_bytes; int k;
+    __device__ void decode(int row, int g, float out[32]) const {
+        const u8* b = w + row * row_bytes + (size_t)g * 22;
+        const float d = ld_f16(b);
+        const u32 qh = (u32)b[2] | ((u32)b[3] << 8) | ((u32)b[4] << 16) | ((u32)b[5] << 24);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const u8 q = b[6 + j];
+            const int lo = (int)(q & 0xF) | (int)(((qh >> j) & 1) << 4);
+            const int hi = (int)(q >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            out[j] = (float)(lo - 16) * d;
+            out[j + 16] = (float)(hi - 16) * d;
+        }
+    }
+};
+
+// Q5_1: 24-byte blocks of 32: f16 d, f16 m, 4 bytes qh, 16 bytes of nibbles. w = q * d + m.
+struct DecQ5_1 {
+    const u8* w; size_t row_bytes; int k;
+    __device__ void decode(int row, int g, float out[32]) const {
+        const u8* b = w + row * row_bytes + (size_t)g * 24;
+        const float d = ld_f16(b), m = ld_f16(b + 2);
+        const u32 qh = (u32)b[4] | ((u32)b[5] << 8) | ((u32)b[6] << 16) | ((u32)b[7] << 24);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const u8 q = b[8 + j];
+            const u32 lo = (q & 0xF) | (((qh >> j) & 1) << 4);
+            const u32 hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            out[j] = (float)lo * d + m;
+            out[j + 16] = (float)hi * d + m;
+        }
+    }
+};
+
+// Q5_K: 176-byte super-blocks of 256: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins (as
+// Q4_K), qh[32], qs[128]. Sub-block j: nibbles as Q4_K, 5th bit = bit j of qh[l].
+struct DecQ5K {
+    const u8* w; size_t row_bytes; int k;
+    __device__ void decode(int row, int g, float out[32]) const {
+        const u8* b = w + row * row_bytes + (size_t)(g >> 3) * 176;
+        const int j = g & 7;
+        const u8* sc = b + 4;
+        int s, mn;
+        if (j < 4) {
+            s = sc[j] & 63;
+            mn = sc[j + 4] & 63;
+        } else {
+            s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+            mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+        }
+        const float d1 = ld_f16(b) * (float)s, m1 = ld_f16(b + 2) * (float)mn;
+        const u8* qh = b + 16;
+        const u8* qs = b + 48 + 32 * (j >> 1);
+        const int shift = (j & 1) * 4;
+#pragma unroll
+        for (int l = 0; l < 32; ++l) {
+            const int q = ((qs[l] >> shift) & 0xF) | (((qh[l] >> j) & 1) << 4);
+            out[l] = d1 * (float)q - m1;
         }
     }
 };
@@ -123,7 +189,10 @@ struct DecQ6K {
 GGUF_KERNELS(q8_0, DecQ8_0)
 GGUF_KERNELS(q4_0, DecQ4_0)
 GGUF_KERNELS(q4_1, DecQ4_1)
+GGUF_KERNELS(q5_0, DecQ5_0)
+GGUF_KERNELS(q5_1, DecQ5_1)
 GGUF_KERNELS(q4_k, DecQ4K)
+GGUF_KERNELS(q5_k, DecQ5K)
 GGUF_KERNELS(q6_k, DecQ6K)
 
 // f32 activations -> bf16 (for the cuBLAS path), round to nearest even.

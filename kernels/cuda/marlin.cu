@@ -32,6 +32,10 @@ typedef unsigned short u16;
 namespace {
 
 constexpr int THREADS = 256;
+template <bool B>
+struct BoolTag {
+    static constexpr bool value = B;
+};
 constexpr int WARPS = THREADS / 32;
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -57,54 +61,6 @@ __device__ __forceinline__ void cp_async16_stream(u32 dst, const void* src) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
-// Hopper bulk copies (the TMA engine): one instruction moves a whole contiguous row of a B tile
-// and signals an mbarrier with the byte count, so the bytes in flight are not bounded by the
-// per-thread cp.async slots of the load/store unit. Before sm_90 the kernel never calls these
-// (COPY == 2 falls back to cp.async there), so their bodies are compiled out.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define MARLIN_BULK 1
-#else
-#define MARLIN_BULK 0
-#endif
-
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-#if MARLIN_BULK
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-
-// Arms the barrier for one phase: one arrival (this thread) plus `bytes` of bulk copies.
-__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
-#if MARLIN_BULK
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-#endif
-}
-
-__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
-#if MARLIN_BULK
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-        "l"(src), "r"(bytes), "r"(bar)
-        : "memory");
-#endif
-}
-
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-#if MARLIN_BULK
-    u32 done = 0;
-    while (!done) {
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    }
-#endif
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>
@@ -124,6 +80,14 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const u32 (&a)[4], u32 
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Same with a zero accumulator (the first k16 tile of a scale group).
+__device__ __forceinline__ void mma_16816_z(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%10,%10,%10};\n"
+        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
 }
 
 // (a & b) | c in one instruction.
@@ -193,24 +157,37 @@ __device__ __forceinline__ float2 ld_cg_f2(const float* p) {
     return v;
 }
 
+__device__ __forceinline__ float ld_cg_f1(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];\n" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_cg_f1(float* p, float v) {
+    asm volatile("st.global.cg.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
+}
+
 __device__ __forceinline__ void st_cg_f2(float* p, float2 v) {
     asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(v.x), "f"(v.y) : "memory");
 }
 
-// MB: m16 tiles per CTA (rows 16·MB per pass over the weights); NCH: 64-column chunks per tile;
+// MB: m16 tiles per CTA (rows 16·MB per pass over the weights); MB = 0 is the swapped form for
+// m ≤ 8 (8 rows per pass, see `compute_stage_sw`); NCH: 64-column chunks per tile;
 // KT: k16 tiles per tile (= per pipeline stage); STAGES: pipeline depth.
 // `group_log2`: log2 of the group size (5, 6, 7), 0 for per-channel scales.
 // Shared memory (bytes) must match `MarlinConfig::smem_bytes` on the host:
 //   STAGES · (16·MB·16·KT·2 + KT·NCH·512 + (KT/2)·64·NCH·2) + (8/NCH > 1 ? NCH·MB·32·32·4 : 0)
-//   + 8·STAGES (one mbarrier per stage, used by the bulk-copy variant)
 // Every address a thread issues per stage is precomputed (per thread, per tile column) so the
 // main loop is dequantization and mma, not index arithmetic: at m = 1 the loop body is what
 // bounds the streaming rate.
-template <int MB, int NCH, int KT, int STAGES, int COPY>
+template <int MBT, int NCH, int KT, int STAGES, bool PF>
 __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const int4* __restrict__ B,
                                              const u16* __restrict__ S, float* __restrict__ C,
                                              int* __restrict__ locks, int m, int n, int k,
                                              int group_log2, int iters) {
+    constexpr bool SW = MBT == 0;
+    constexpr int MB = SW ? 1 : MBT;
+    constexpr int RP = SW ? 8 : 16 * MB;  // activation rows per pass over the weights
     constexpr int TN = 64 * NCH;
     constexpr int TK = 16 * KT;
     constexpr int KW = WARPS / NCH;  // warps splitting one tile along k
@@ -229,21 +206,15 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     constexpr int B_CHUNKS = KT * NCH * 32;
     constexpr int B_ITERS = B_CHUNKS / THREADS;
     static_assert(B_CHUNKS % THREADS == 0 && THREADS % (NCH * 32) == 0, "B copy split");
-    constexpr bool PF = COPY == 1;
-    constexpr bool BULK = COPY == 2 && MARLIN_BULK;
-    constexpr int RED_BYTES = KW > 1 ? NCH * MB * 32 * 32 * 4 : 0;
-    static_assert(KT <= 32, "one bulk row copy per lane of warp 0");
 
     extern __shared__ int4 smem_i4[];
     char* smem = reinterpret_cast<char*>(smem_i4);
     float* red = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES);
     const u32 smem_u32 = smem_addr(smem);
-    // One mbarrier per stage (bulk copies), after the reduction buffer.
-    const u32 bars = smem_u32 + STAGES * STAGE_BYTES + RED_BYTES;
 
     const int k_tiles = k / TK;
     const int n_tiles = n / TN;
-    const int m_copies = (m + 16 * MB - 1) / (16 * MB);
+    const int m_copies = (m + RP - 1) / RP;
     const int total = m_copies * n_tiles * k_tiles;
     const int u_begin = blockIdx.x * iters;
     const int u_end = min(u_begin + iters, total);
@@ -284,18 +255,17 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     const u16* a_src[A_ITERS];
     bool a_ok[A_ITERS];
     const int4* b_col = B;
-    const int4* b_tile = B;
     const u16* s_col = S;
     auto set_load_column = [&](int col) {
         const int p = col / n_tiles, nt = col % n_tiles;
 #pragma unroll
         for (int j = 0; j < A_ITERS; j++) {
-            const int row = p * MB * 16 + a_row[j];
-            a_ok[j] = row < m && (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS);
+            const int row = p * RP + a_row[j];
+            a_ok[j] = row < m && a_row[j] < RP &&
+                      (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS);
             a_src[j] = A + (size_t)(a_ok[j] ? row : 0) * k + a_col[j];
         }
-        b_tile = B + nt * NCH * 32;
-        b_col = b_tile + b_off0;
+        b_col = B + nt * NCH * 32 + b_off0;
         s_col = S + nt * TN + s_c * 8;
     };
     auto load_stage = [&](int st, int kt) {
@@ -306,22 +276,9 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
             if (A_CHUNKS % THREADS == 0 || tid + j * THREADS < A_CHUNKS)
                 cp_async16(base + a_dst[j], a_src[j] + k0, a_ok[j]);
         }
-        if (BULK) {
-            // Warp 0 copies the KT rows (NCH·512 contiguous bytes each) of the B tile.
-            if (warp == 0) {
-                const u32 bar = bars + st * 8;
-                if (lane == 0) mbar_expect(bar, B_BYTES);
-                __syncwarp();
-                if (lane < KT)
-                    bulk_copy(base + A_BYTES + lane * (NCH * 512),
-                              b_tile + ((size_t)kt * KT + lane) * b_row_int4, NCH * 512, bar);
-            }
-        } else {
-            const int4* bb = b_col + (size_t)kt * KT * b_row_int4;
+        const int4* bb = b_col + (size_t)kt * KT * b_row_int4;
 #pragma unroll
-            for (int j = 0; j < B_ITERS; j++)
-                cp_async16_stream<PF>(base + b_dst0 + j * THREADS * 16, bb + j * b_step);
-        }
+        for (int j = 0; j < B_ITERS; j++) cp_async16_stream<PF>(base + b_dst0 + j * THREADS * 16, bb + j * b_step);
         if (s_active) cp_async16(base + s_dst, s_col + (size_t)((k0 >> group_log2) + s_r) * n, true);
     };
 
@@ -390,6 +347,67 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
         }
     };
 
+    // m ≤ 8: the weights are the mma's A operand (16 output columns × k16 per mma, half the mmas
+    // of the B-operand form, whose 16 activation rows would be mostly padding) and the 8
+    // activation rows its B operand. A Marlin word's four registers are exactly an A fragment:
+    // {f0, f2, f1, f3} = rows (g, g+8) × k (2t.., 2t+8..) of the 16-column block. The codes
+    // enter the mma unscaled (q − 8 is exact in f16); each scale group's partial sums are
+    // multiplied by the f32 scale once, so the inner loop is dequantization and one mma per word.
+    // Accumulator acc[0][w][e]: column 16w + 8(e/2) + lane/4 of the chunk, row 2(lane%4) + e%2.
+    auto compute_stage_sw = [&](int st, auto whole_tag) {
+        constexpr bool WHOLE = decltype(whole_tag)::value;  // the warp's tiles share one group
+        const u32 sa = smem_u32 + st * STAGE_BYTES;
+        const char* sb = smem + st * STAGE_BYTES + A_BYTES;
+        const char* ss = sb + B_BYTES;
+        int4 bq[KPW];
+        u32 af[KPW][4];
+#pragma unroll
+        for (int h = 0; h < KPW; h++) {
+            const int kk = kw * KPW + h;
+            bq[h] = *reinterpret_cast<const int4*>(sb + ((kk * NCH + ch) * 32 + lane) * 16);
+            const int chunk = kk * 2 + ld_half;
+            ldmatrix_x4(af[h], sa + ld_row * TK * 2 + ((chunk ^ (ld_row & 7)) * 16));
+        }
+        float t[4][4];
+#pragma unroll
+        for (int h = 0; h < KPW; h++) {
+            const u32 words[4] = {(u32)bq[h].x, (u32)bq[h].y, (u32)bq[h].z, (u32)bq[h].w};
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                u32 f[4];
+                dequant_word(words[w], f);
+                const u32 fa[4] = {f[0], f[2], f[1], f[3]};
+                if (!WHOLE || h == 0)
+                    mma_16816_z(t[w], fa, af[h][0], af[h][2]);
+                else
+                    mma_16816(t[w], fa, af[h][0], af[h][2]);
+            }
+            if (!WHOLE || h == KPW - 1) {
+                const int kk = kw * KPW + h;
+                u32 svw[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};  // 1.0
+                if (grouped) {
+                    const int4 v = *reinterpret_cast<const int4*>(
+                        ss + (((kk >> srow_shift) * TN) + ch * 64 + 8 * (lane / 4)) * 2);
+                    svw[0] = v.x;
+                    svw[1] = v.y;
+                    svw[2] = v.z;
+                    svw[3] = v.w;
+                }
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    const float s0 = half_to_float((u16)(svw[w] & 0xffff));
+                    const float s1 = half_to_float((u16)(svw[w] >> 16));
+                    acc[0][w][0] += t[w][0] * s0;
+                    acc[0][w][1] += t[w][1] * s0;
+                    acc[0][w][2] += t[w][2] * s1;
+                    acc[0][w][3] += t[w][3] * s1;
+                }
+            }
+        }
+    };
+    // Whether a scale group spans each warp's KPW tiles of a stage (always for per-channel).
+    const bool sw_whole = !grouped || group >= 16 * KPW;
+
     // End of a stripe segment over tile column `colp`: reduce the k-warps, then add into C in
     // the column's fixed CTA order.
     auto finish_slice = [&](int colp) {
@@ -434,7 +452,29 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
             }
             __syncthreads();
         }
-        if (kw == 0) {
+        if (SW && kw == 0) {
+#pragma unroll
+            for (int w = 0; w < 4; w++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = p * RP + 2 * (lane % 4) + (e & 1);
+                    const int c64 = 16 * w + 8 * (e >> 1) + lane / 4;  // column in the chunk
+                    if (row < m) {
+                        const int col = nt * TN + ch * 64 + c64;
+                        float* dst = C + (size_t)row * n + col;
+                        float v = acc[0][w][e];
+                        if (!grouped) {
+                            // per-channel permutation: column 8j + 2tt + e' at 32(j/4) + 8tt + 2(j%4) + e'
+                            const int j = c64 / 8, tt = (c64 % 8) / 2;
+                            v *= half_to_float(
+                                S[nt * TN + ch * 64 + 32 * (j / 4) + 8 * tt + 2 * (j % 4) + (c64 & 1)]);
+                        }
+                        if (slice_idx > 0) v += ld_cg_f1(dst);
+                        st_cg_f1(dst, v);
+                    }
+                }
+        }
+        if (!SW && kw == 0) {
             float scl[8][2];
             if (!grouped) {
 #pragma unroll
@@ -488,14 +528,6 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     };
 
     // ---- pipeline: prologue, then one tile per iteration ----
-    if (BULK) {
-        if (tid == 0) {
-#pragma unroll
-            for (int s = 0; s < STAGES; s++) mbar_init(bars + s * 8, 1);
-        }
-        __syncthreads();
-    }
-    u32 phases = 0;  // parity bit per stage of the bulk barrier phase to wait for next
     int ld_col = u_begin / k_tiles, ld_kt = u_begin % k_tiles;
     set_load_column(ld_col);
     auto advance_load = [&]() {
@@ -517,10 +549,6 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
 #pragma unroll 1
     for (int u = u_begin; u < u_end; u++) {
         cp_async_wait<STAGES - 2>();
-        if (BULK) {
-            mbar_wait(bars + st * 8, (phases >> st) & 1);
-            phases ^= 1u << st;
-        }
         __syncthreads();
         if (u + STAGES - 1 < u_end) {
             load_stage(ld_st, ld_kt);
@@ -528,7 +556,14 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
         }
         cp_async_commit();
         ld_st = (ld_st + 1 == STAGES) ? 0 : ld_st + 1;
-        compute_stage(st);
+        if constexpr (SW) {
+            if (sw_whole)
+                compute_stage_sw(st, BoolTag<true>{});
+            else
+                compute_stage_sw(st, BoolTag<false>{});
+        } else {
+            compute_stage(st);
+        }
         st = (st + 1 == STAGES) ? 0 : st + 1;
         const bool col_end = ++cp_kt == k_tiles;
         if (col_end || u + 1 == u_end) finish_slice(cp_col);
@@ -543,8 +578,7 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
 
 // One entry point per configuration; the host picks by name (kernels/src/marlin.rs, whose
 // `MARLIN_CONFIGS` lists exactly these). OCC is the CTAs per SM the register budget is cut for;
-// PF selects how the weights are copied: 0 cp.async, 1 cp.async with a 256-byte L2 prefetch,
-// 2 bulk copies signalling an mbarrier (sm_90+; cp.async on older GPUs).
+// PF selects the 256-byte L2 prefetch on the weight stream.
 #define MARLIN_ENTRY(MB, NCH, KT, ST, OCC, PF)                                                   \
     extern "C" __global__ void __launch_bounds__(THREADS, OCC)                                   \
         marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC##_p##PF(                            \
@@ -560,6 +594,13 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     MARLIN_ENTRY(3, NCH, KT, ST, 1, PF)  \
     MARLIN_ENTRY(4, NCH, KT, ST, 1, PF)
 
+// m ≤ 8, swapped operands: 256-deep k stages; one and two CTAs per SM; 64-column fallback.
+MARLIN_ENTRY(0, 2, 16, 3, 1, 0)
+MARLIN_ENTRY(0, 4, 16, 3, 1, 1)
+MARLIN_ENTRY(0, 2, 16, 3, 2, 0)
+MARLIN_ENTRY(0, 1, 16, 4, 2, 0)
+MARLIN_ENTRY(0, 2, 8, 4, 2, 1)
+MARLIN_ENTRY(0, 1, 8, 4, 1, 0)
 // Every m: 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 (2 × 4), 64×128 (8 k-warps; also
 // the fallback for n % 128 != 0).
 MARLIN_ENTRY_MB(2, 8, 4, 0)
@@ -569,13 +610,3 @@ MARLIN_ENTRY_MB(1, 8, 4, 0)
 MARLIN_ENTRY(1, 2, 16, 3, 1, 0)
 MARLIN_ENTRY(1, 4, 16, 3, 1, 1)
 MARLIN_ENTRY(1, 2, 8, 4, 2, 1)
-// Bulk (TMA) weight copies with deeper pipelines: bytes in flight per SM are no longer capped
-// by the cp.async slots.
-MARLIN_ENTRY(1, 2, 16, 4, 1, 2)
-MARLIN_ENTRY(1, 2, 16, 6, 1, 2)
-MARLIN_ENTRY(1, 4, 16, 4, 1, 2)
-MARLIN_ENTRY(1, 2, 8, 8, 1, 2)
-MARLIN_ENTRY(1, 1, 16, 6, 1, 2)
-MARLIN_ENTRY(4, 4, 8, 4, 1, 2)
-MARLIN_ENTRY(4, 2, 8, 4, 1, 2)
-MARLIN_ENTRY(4, 1, 8, 4, 1, 2)

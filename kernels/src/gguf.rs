@@ -1,4 +1,5 @@
-//! GGUF block formats on the GPU: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K (kernels/cuda/gguf.cu).
+//! GGUF block formats on the GPU: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
+//! (kernels/cuda/gguf.cu).
 //! Activations stay f32 in the fused GEMV (as the contract gives them); the large-batch path
 //! rounds them to bf16 for cuBLAS.
 
@@ -17,15 +18,26 @@ use crate::KernelSource;
 const SRC: KernelSource = crate::kernel_source!("gguf");
 
 /// The GGUF types with GPU kernels.
-pub const GGUF_GPU_TYPES: [GgmlType; 5] =
-    [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K];
+pub const GGUF_GPU_TYPES: [GgmlType; 8] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 fn kernel_suffix(ty: GgmlType) -> Option<&'static str> {
     Some(match ty {
         GgmlType::Q8_0 => "q8_0",
         GgmlType::Q4_0 => "q4_0",
         GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q5_1 => "q5_1",
         GgmlType::Q4_K => "q4_k",
+        GgmlType::Q5_K => "q5_k",
         GgmlType::Q6_K => "q6_k",
         _ => return None,
     })
@@ -48,7 +60,7 @@ impl Gpu {
         check_dims(m, n, k)?;
         let suffix = kernel_suffix(ty).ok_or_else(|| {
             KernelError::Unsupported(format!(
-                "GGUF type {} has no GPU kernel (have: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
+                "GGUF type {} has no GPU kernel (have: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)",
                 ty.name()
             ))
         })?;

@@ -38,7 +38,8 @@ pub const MARLIN_GROUP_SIZES: [usize; 3] = [32, 64, 128];
 /// One compiled tile configuration of the kernel (`marlin_w4a16_m{M}_n{N}_k{K}_s{S}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MarlinConfig {
-    /// 16-row activation tiles per pass over the weights (1..=4): rows 16·m_blocks per pass.
+    /// 16-row activation tiles per pass over the weights (1..=4): rows 16·m_blocks per pass;
+    /// 0 is the swapped-operand form for m ≤ 8 (8 rows per pass, weights as the mma A operand).
     pub m_blocks: usize,
     /// 64-column chunks per tile: a tile is 64·n_chunks columns wide.
     pub n_chunks: usize,
@@ -48,36 +49,33 @@ pub struct MarlinConfig {
     pub stages: usize,
     /// CTAs per SM the kernel's registers were budgeted for (`__launch_bounds__`).
     pub min_blocks: usize,
-    /// How the weights reach shared memory: 0 `cp.async`, 1 `cp.async…L2::256B` (256-byte DRAM
-    /// fetches), 2 Hopper bulk copies completing on an mbarrier (`cp.async` before sm_90).
-    pub copy: usize,
+    /// Whether weight copies ask L2 for 256-byte DRAM fetches (`cp.async…L2::256B`).
+    pub prefetch: bool,
 }
 
-/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, copy)` instantiated in marlin.cu.
-pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, usize); 23] = [
-    (1, 2, 8, 4, 1, 0),
-    (2, 2, 8, 4, 1, 0),
-    (3, 2, 8, 4, 1, 0),
-    (4, 2, 8, 4, 1, 0),
-    (1, 4, 8, 4, 1, 0),
-    (2, 4, 8, 4, 1, 0),
-    (3, 4, 8, 4, 1, 0),
-    (4, 4, 8, 4, 1, 0),
-    (1, 1, 8, 4, 1, 0),
-    (2, 1, 8, 4, 1, 0),
-    (3, 1, 8, 4, 1, 0),
-    (4, 1, 8, 4, 1, 0),
-    (1, 2, 16, 3, 1, 0),
-    (1, 4, 16, 3, 1, 1),
-    (1, 2, 8, 4, 2, 1),
-    (1, 2, 16, 4, 1, 2),
-    (1, 2, 16, 6, 1, 2),
-    (1, 4, 16, 4, 1, 2),
-    (1, 2, 8, 8, 1, 2),
-    (1, 1, 16, 6, 1, 2),
-    (4, 4, 8, 4, 1, 2),
-    (4, 2, 8, 4, 1, 2),
-    (4, 1, 8, 4, 1, 2),
+/// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch)` instantiated in marlin.cu.
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 21] = [
+    (0, 2, 16, 3, 1, false),
+    (0, 4, 16, 3, 1, true),
+    (0, 2, 16, 3, 2, false),
+    (0, 1, 16, 4, 2, false),
+    (0, 2, 8, 4, 2, true),
+    (0, 1, 8, 4, 1, false),
+    (1, 2, 8, 4, 1, false),
+    (2, 2, 8, 4, 1, false),
+    (3, 2, 8, 4, 1, false),
+    (4, 2, 8, 4, 1, false),
+    (1, 4, 8, 4, 1, false),
+    (2, 4, 8, 4, 1, false),
+    (3, 4, 8, 4, 1, false),
+    (4, 4, 8, 4, 1, false),
+    (1, 1, 8, 4, 1, false),
+    (2, 1, 8, 4, 1, false),
+    (3, 1, 8, 4, 1, false),
+    (4, 1, 8, 4, 1, false),
+    (1, 2, 16, 3, 1, false),
+    (1, 4, 16, 3, 1, true),
+    (1, 2, 8, 4, 2, true),
 ];
 
 impl MarlinConfig {
@@ -87,9 +85,9 @@ impl MarlinConfig {
         k_tiles: usize,
         stages: usize,
         min_blocks: usize,
-        copy: usize,
+        prefetch: bool,
     ) -> Self {
-        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks, copy }
+        MarlinConfig { m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch }
     }
 
     /// Every configuration compiled into marlin.cu.
@@ -104,8 +102,22 @@ impl MarlinConfig {
     pub fn kernel_name(&self) -> String {
         format!(
             "marlin_w4a16_m{}_n{}_k{}_s{}_o{}_p{}",
-            self.m_blocks, self.n_chunks, self.k_tiles, self.stages, self.min_blocks, self.copy
+            self.m_blocks,
+            self.n_chunks,
+            self.k_tiles,
+            self.stages,
+            self.min_blocks,
+            self.prefetch as u8
         )
+    }
+
+    /// Activation rows one pass over the weights covers.
+    pub fn rows_per_pass(&self) -> usize {
+        if self.m_blocks == 0 {
+            8
+        } else {
+            16 * self.m_blocks
+        }
     }
 
     pub fn tile_n(&self) -> usize {
@@ -117,15 +129,15 @@ impl MarlinConfig {
     }
 
     /// Dynamic shared memory in bytes; mirrors the layout comment above `marlin_w4a16` in the
-    /// .cu file (pipeline stages of A, B and scale tiles, the k-warp reduction buffer, then one
-    /// 8-byte mbarrier per stage).
+    /// .cu file (pipeline stages of A, B and scale tiles, then the k-warp reduction buffer).
     pub fn smem_bytes(&self) -> usize {
-        let a = self.m_blocks * 16 * self.tile_k() * 2;
+        let mb = self.m_blocks.max(1);
+        let a = mb * 16 * self.tile_k() * 2;
         let b = self.k_tiles * self.n_chunks * 512;
         let s = (self.tile_k() / 32) * self.tile_n() * 2;
         let k_warps = 8 / self.n_chunks;
-        let red = if k_warps > 1 { self.n_chunks * self.m_blocks * 32 * 32 * 4 } else { 0 };
-        self.stages * (a + b + s) + red + 8 * self.stages
+        let red = if k_warps > 1 { self.n_chunks * mb * 32 * 32 * 4 } else { 0 };
+        self.stages * (a + b + s) + red
     }
 
     /// Whether this configuration's tile divides an `n × k` weight.
@@ -147,16 +159,18 @@ fn m_blocks_for(m: usize) -> usize {
 pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option<MarlinConfig> {
     let m_blocks = m_blocks_for(m);
     let passes = m.div_ceil(16 * m_blocks);
-    // (n_chunks, k_tiles, stages, min_blocks, copy)
-    let prefs: &[(usize, usize, usize, usize, usize)] = match (m_blocks, passes) {
+    // (n_chunks, k_tiles, stages, min_blocks, prefetch)
+    let prefs: &[(usize, usize, usize, usize, bool)] = match (m_blocks, passes) {
         (1, _) if n >= 16384 => {
-            &[(4, 16, 3, 1, 1), (4, 8, 4, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)]
+            &[(4, 16, 3, 1, true), (4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
         }
-        (1, _) => &[(2, 16, 3, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
-        (4, 1) if n >= 16384 => &[(4, 8, 4, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
-        (4, 1) if n <= 4096 => &[(1, 8, 4, 1, 0)],
-        (4, p) if p > 1 && n >= 8192 => &[(4, 8, 4, 1, 0), (2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
-        _ => &[(2, 8, 4, 1, 0), (1, 8, 4, 1, 0)],
+        (1, _) => &[(2, 16, 3, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
+        (4, 1) if n >= 16384 => &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
+        (4, 1) if n <= 4096 => &[(1, 8, 4, 1, false)],
+        (4, p) if p > 1 && n >= 8192 => {
+            &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
+        }
+        _ => &[(2, 8, 4, 1, false), (1, 8, 4, 1, false)],
     };
     prefs
         .iter()
@@ -260,9 +274,9 @@ pub struct MarlinWorkspace {
 }
 
 impl MarlinWorkspace {
-    /// One lock per (16-row pass, 64-column chunk): enough for every configuration.
+    /// One lock per (8-row pass, 64-column chunk): enough for every configuration.
     pub fn new(gpu: &Gpu, max_m: usize, n: usize) -> KResult<MarlinWorkspace> {
-        Ok(MarlinWorkspace { locks: gpu.zeros(max_m.div_ceil(16) * (n / 64).max(1))?, max_m, n })
+        Ok(MarlinWorkspace { locks: gpu.zeros(max_m.div_ceil(8) * (n / 64).max(1))?, max_m, n })
     }
 }
 
@@ -333,7 +347,7 @@ impl MarlinPlan {
             )));
         }
         let sms = gpu.sm_count()? as usize * resident.min(config.min_blocks);
-        let passes = m.div_ceil(16 * config.m_blocks);
+        let passes = m.div_ceil(config.rows_per_pass());
         let total = passes * (w.n / config.tile_n()) * (w.k / config.tile_k());
         let (grid, iters) = stripes(total, sms);
         Ok(MarlinPlan { config, grid: grid as u32, iters: iters as i32, func })
@@ -621,14 +635,16 @@ mod tests {
             {
                 let v = nums(args);
                 entries.extend(
-                    (1..=4)
-                        .map(|mb| MarlinConfig::new(mb, v[0], v[1], v[2], 1, v[3]).kernel_name()),
+                    (1..=4).map(|mb| {
+                        MarlinConfig::new(mb, v[0], v[1], v[2], 1, v[3] == 1).kernel_name()
+                    }),
                 );
             } else if let Some(args) =
                 line.strip_prefix("MARLIN_ENTRY(").and_then(|r| r.strip_suffix(')'))
             {
                 let v = nums(args);
-                entries.push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4], v[5]).kernel_name());
+                entries
+                    .push(MarlinConfig::new(v[0], v[1], v[2], v[3], v[4], v[5] == 1).kernel_name());
             }
         }
         let mut names: Vec<String> = MarlinConfig::all().iter().map(|c| c.kernel_name()).collect();

@@ -535,8 +535,7 @@ fn gguf_types_match_cpu() {
             );
         }
     }
-    let e =
-        g.gguf_gemm(&vec![0.0; 512], 1, 1, 512, GgmlType::Q5_K, &[0u8; 176 * 2], 0).unwrap_err();
+    let e = g.gguf_gemm(&vec![0.0; 512], 1, 1, 512, GgmlType::Q2_K, &[0u8; 84 * 2], 0).unwrap_err();
     assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
     let e = g.gguf_gemm(&vec![0.0; 500], 1, 1, 500, GgmlType::Q4_K, &[0u8; 144], 0).unwrap_err();
     assert!(matches!(e, KernelError::Shape(_)), "{e}");

@@ -15,6 +15,7 @@
 //! returns, unless `QTOOL_REQUIRE_GPU=1`, in which case it fails. A skip must never look like a
 //! pass in CI that has a GPU, hence the switch.
 
+pub mod act_quant;
 pub mod activations;
 pub mod corrupt;
 pub mod discover;
