@@ -222,25 +222,36 @@ pub struct RepackArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The reference checkpoint (.safetensors, .gguf or a directory of shards).
-    pub reference: PathBuf,
+    /// The reference checkpoint (.safetensors, .gguf or a directory of shards). Optional when
+    /// --calib is given.
+    #[arg(value_name = "REF", required_unless_present = "calib", requires = "candidate")]
+    pub reference: Option<PathBuf>,
 
     /// The candidate, usually a quantized version of REF, in any layout qtool reads.
-    pub candidate: PathBuf,
+    #[arg(value_name = "CAND", required_unless_present = "calib")]
+    pub candidate: Option<PathBuf>,
 
-    /// Show only the N tensors with the lowest SQNR, worst first.
+    /// Show only the N tensors with the lowest SQNR, worst first (with --calib: also the N
+    /// layers with the highest method/RTN error ratio, worst first).
     #[arg(long, value_name = "N")]
     pub worst: Option<usize>,
 
-    /// Only tensors whose REF or CAND name matches this regular expression.
+    /// Only tensors (and --calib layers) whose name matches this regular expression.
     #[arg(long, value_name = "REGEX")]
     pub filter: Option<String>,
 
-    /// Also write an SVG chart of SQNR per layer, one line per tensor role.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Also write an SVG chart of SQNR per layer, one line per tensor role (needs REF CAND).
+    #[arg(long, value_name = "FILE.svg", requires = "reference")]
     pub plot: Option<PathBuf>,
 
-    /// Exit 1 if any compared tensor has an SQNR below DB (or NaN), or could not be compared.
-    #[arg(long, value_name = "DB", allow_negative_numbers = true)]
+    /// Exit 1 if any compared tensor has an SQNR below DB (or NaN), or could not be compared
+    /// (needs REF CAND).
+    #[arg(long, value_name = "DB", allow_negative_numbers = true, requires = "reference")]
     pub fail_below_sqnr: Option<f64>,
+
+    /// Show the per-layer log of a GPTQ/AWQ run (the OUT.calib.json that `qtool quantize
+    /// --method gptq|awq` writes): output-space error of RTN and of the method per linear.
+    /// Alone, or after the REF CAND table.
+    #[arg(long, value_name = "LOG.json")]
+    pub calib: Option<PathBuf>,
 }

@@ -32,10 +32,6 @@ typedef unsigned short u16;
 namespace {
 
 constexpr int THREADS = 256;
-template <bool B>
-struct BoolTag {
-    static constexpr bool value = B;
-};
 constexpr int WARPS = THREADS / 32;
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
@@ -354,8 +350,8 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     // enter the mma unscaled (q − 8 is exact in f16); each scale group's partial sums are
     // multiplied by the f32 scale once, so the inner loop is dequantization and one mma per word.
     // Accumulator acc[0][w][e]: column 16w + 8(e/2) + lane/4 of the chunk, row 2(lane%4) + e%2.
-    auto compute_stage_sw = [&](int st, auto whole_tag) {
-        constexpr bool WHOLE = decltype(whole_tag)::value;  // the warp's tiles share one group
+    // `whole`: the warp's KPW tiles share one scale group (callers pass a literal).
+    auto compute_stage_sw = [&](int st, const bool whole) {
         const u32 sa = smem_u32 + st * STAGE_BYTES;
         const char* sb = smem + st * STAGE_BYTES + A_BYTES;
         const char* ss = sb + B_BYTES;
@@ -377,12 +373,12 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
                 u32 f[4];
                 dequant_word(words[w], f);
                 const u32 fa[4] = {f[0], f[2], f[1], f[3]};
-                if (!WHOLE || h == 0)
+                if (!whole || h == 0)
                     mma_16816_z(t[w], fa, af[h][0], af[h][2]);
                 else
                     mma_16816(t[w], fa, af[h][0], af[h][2]);
             }
-            if (!WHOLE || h == KPW - 1) {
+            if (!whole || h == KPW - 1) {
                 const int kk = kw * KPW + h;
                 u32 svw[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};  // 1.0
                 if (grouped) {
@@ -558,9 +554,9 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
         ld_st = (ld_st + 1 == STAGES) ? 0 : ld_st + 1;
         if constexpr (SW) {
             if (sw_whole)
-                compute_stage_sw(st, BoolTag<true>{});
+                compute_stage_sw(st, true);
             else
-                compute_stage_sw(st, BoolTag<false>{});
+                compute_stage_sw(st, false);
         } else {
             compute_stage(st);
         }
@@ -601,6 +597,9 @@ MARLIN_ENTRY(0, 2, 16, 3, 2, 0)
 MARLIN_ENTRY(0, 1, 16, 4, 2, 0)
 MARLIN_ENTRY(0, 2, 8, 4, 2, 1)
 MARLIN_ENTRY(0, 1, 8, 4, 1, 0)
+MARLIN_ENTRY(0, 2, 16, 4, 1, 0)
+MARLIN_ENTRY(0, 1, 16, 4, 1, 0)
+MARLIN_ENTRY(0, 2, 8, 4, 1, 0)
 // Every m: 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 (2 × 4), 64×128 (8 k-warps; also
 // the fallback for n % 128 != 0).
 MARLIN_ENTRY_MB(2, 8, 4, 0)

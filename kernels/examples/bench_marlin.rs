@@ -208,7 +208,10 @@ fn main() -> KResult<()> {
             if sweep {
                 let mut line = String::from("   sweep:");
                 for cfg in MarlinConfig::all() {
-                    if cfg.m_blocks != plan.config.m_blocks || !cfg.fits(n, k) {
+                    // m ≤ 8 compares the swapped (m_blocks 0) and 16-row kernels
+                    let comparable =
+                        cfg.m_blocks == plan.config.m_blocks || (m <= 8 && cfg.m_blocks <= 1);
+                    if !comparable || !cfg.fits(n, k) {
                         continue;
                     }
                     let Ok(p) = MarlinPlan::new(&gpu, &copies[0], m, Some(cfg)) else { continue };

@@ -182,6 +182,8 @@ pub(crate) struct LtPlan {
     alpha_vec: Option<u64>,
     /// Key of this problem in [`Blas::algo_cache`].
     key: String,
+    /// A (weights), B (activations) and D element types.
+    types: (ElemType, ElemType, ElemType),
 }
 
 impl Drop for LtPlan {
@@ -313,6 +315,7 @@ impl LtPlan {
             candidates: Vec::new(),
             alpha_vec: scales.and_then(|(mode, a, _)| (mode == LtScale::AlphaVec).then_some(a)),
             key: format!("{w_ty:?}/{x_ty:?}/{out_ty:?}/{a_mode:?}/fa{fast_accum}/{m}x{n}x{k}"),
+            types: (w_ty, x_ty, out_ty),
         };
         use lt::cublasLtMatmulDescAttributes_t as A;
         // SAFETY: each value has the type the attribute documents (cublasOperation_t, pointers
@@ -425,11 +428,21 @@ impl LtPlan {
             self.algo = algo;
             return Ok(0);
         }
-        let candidates = self.candidates.clone();
+        let mut candidates = self.candidates.clone();
+        if std::env::var_os("QTOOL_LT_EXHAUSTIVE").is_some_and(|v| v == "1") {
+            candidates.extend(self.enumerate());
+        }
         let mut best = (f64::INFINITY, self.algo);
         for algo in &candidates {
             self.algo = *algo;
-            // A candidate that fails to run (e.g. workspace needs) is skipped.
+            // A candidate that fails to run (e.g. workspace needs) is skipped; one far slower
+            // than the best so far after a single timed run is not timed further.
+            let Ok(first) = time_once(gpu, || self.run(gpu, w, x, out)) else {
+                continue;
+            };
+            if first > 1.25 * best.0 {
+                continue;
+            }
             let Ok(t) = crate::timing::median_micros(gpu, 5, || self.run(gpu, w, x, out)) else {
                 continue;
             };
@@ -444,6 +457,142 @@ impl LtPlan {
             }
         }
         Ok(candidates.len())
+    }
+
+    /// Every algorithm configuration cuBLASLt accepts for this problem beyond its heuristic
+    /// (`QTOOL_LT_EXHAUSTIVE=1`): each algorithm id × each tile it offers, with the first stage
+    /// count `cublasLtMatmulAlgoCheck` accepts (cuBLASLt's "custom find" search), at most
+    /// [`MAX_ENUMERATED`] configurations.
+    fn enumerate(&self) -> Vec<lt::cublasLtMatmulAlgo_t> {
+        const MAX_ENUMERATED: usize = 256;
+        let (a_ty, b_ty, d_ty) = self.types;
+        let compute = lt::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        let scale = lt::cudaDataType::CUDA_R_32F;
+        let mut ids = vec![0i32; 128];
+        let mut count = 0i32;
+        // SAFETY: `ids` has room for the requested 128 entries.
+        let st = unsafe {
+            lt::cublasLtMatmulAlgoGetIds(
+                self.blas.lt,
+                compute,
+                scale,
+                a_ty.lt(),
+                b_ty.lt(),
+                d_ty.lt(),
+                d_ty.lt(),
+                ids.len() as i32,
+                ids.as_mut_ptr(),
+                &mut count,
+            )
+        };
+        if st != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Vec::new();
+        }
+        ids.truncate(count.clamp(0, 128) as usize);
+        // A capability list of u32 ids (tiles, stages); empty when the algo has none.
+        let cap_list = |algo: &lt::cublasLtMatmulAlgo_t, attr| -> Vec<u32> {
+            let mut size = 0usize;
+            // SAFETY: a size query with a null buffer, then a read into a buffer of that size.
+            unsafe {
+                if lt::cublasLtMatmulAlgoCapGetAttribute(
+                    algo,
+                    attr,
+                    std::ptr::null_mut(),
+                    0,
+                    &mut size,
+                ) != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                    || size == 0
+                {
+                    return Vec::new();
+                }
+                let mut v = vec![0u32; size.div_ceil(4).min(1024)];
+                let mut written = 0usize;
+                if lt::cublasLtMatmulAlgoCapGetAttribute(
+                    algo,
+                    attr,
+                    v.as_mut_ptr() as *mut c_void,
+                    v.len() * 4,
+                    &mut written,
+                ) != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                {
+                    return Vec::new();
+                }
+                v.truncate(written / 4);
+                v
+            }
+        };
+        use lt::cublasLtMatmulAlgoCapAttributes_t as Cap;
+        use lt::cublasLtMatmulAlgoConfigAttributes_t as Cfg;
+        let mut out = Vec::new();
+        for id in ids {
+            // SAFETY: an all-zero algo is initialized by cublasLtMatmulAlgoInit before use.
+            let mut algo: lt::cublasLtMatmulAlgo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the types are this plan's; `algo` is writable.
+            let st = unsafe {
+                lt::cublasLtMatmulAlgoInit(
+                    self.blas.lt,
+                    compute,
+                    scale,
+                    a_ty.lt(),
+                    b_ty.lt(),
+                    d_ty.lt(),
+                    d_ty.lt(),
+                    id,
+                    &mut algo,
+                )
+            };
+            if st != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                continue;
+            }
+            let mut tiles = cap_list(&algo, Cap::CUBLASLT_ALGO_CAP_TILE_IDS);
+            if tiles.is_empty() {
+                tiles.push(0);
+            }
+            let mut stages = vec![0u32];
+            stages.extend(cap_list(&algo, Cap::CUBLASLT_ALGO_CAP_STAGES_IDS));
+            for &tile in &tiles {
+                for &stage in &stages {
+                    let mut a = algo;
+                    let set = |a: &mut lt::cublasLtMatmulAlgo_t, attr, v: u32| {
+                        // SAFETY: these config attributes are 32-bit values.
+                        unsafe {
+                            lt::cublasLtMatmulAlgoConfigSetAttribute(
+                                a,
+                                attr,
+                                &v as *const u32 as *const c_void,
+                                4,
+                            )
+                        }
+                    };
+                    set(&mut a, Cfg::CUBLASLT_ALGO_CONFIG_TILE_ID, tile);
+                    set(&mut a, Cfg::CUBLASLT_ALGO_CONFIG_STAGES_ID, stage);
+                    // SAFETY: zeroed result is plain data; the descriptors are this plan's.
+                    let ok = unsafe {
+                        let mut res: lt::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+                        lt::cublasLtMatmulAlgoCheck(
+                            self.blas.lt,
+                            self.desc,
+                            self.a,
+                            self.b,
+                            self.d,
+                            self.d,
+                            &a,
+                            &mut res,
+                        ) == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                            && res.state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                            && res.workspaceSize <= WORKSPACE_BYTES
+                    };
+                    if ok {
+                        out.push(a);
+                        break;
+                    }
+                }
+                if out.len() >= MAX_ENUMERATED {
+                    return out;
+                }
+            }
+        }
+        out
     }
 
     /// Runs the planned matmul on `gpu`'s stream.
@@ -489,4 +638,17 @@ impl LtPlan {
         }
         .map_err(lt_err("cublasLtMatmul"))
     }
+}
+
+/// One warm run of `f`, then one run between CUDA events: a quick screen of a candidate.
+fn time_once(gpu: &Gpu, mut f: impl FnMut() -> KResult<()>) -> KResult<f64> {
+    use cudarc::driver::sys::CUevent_flags;
+    f()?;
+    let e0 = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let e1 = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    e0.record(gpu.stream())?;
+    f()?;
+    e1.record(gpu.stream())?;
+    gpu.synchronize()?;
+    Ok(e0.elapsed_ms(&e1)? as f64 * 1000.0)
 }

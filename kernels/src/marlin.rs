@@ -54,13 +54,16 @@ pub struct MarlinConfig {
 }
 
 /// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch)` instantiated in marlin.cu.
-pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 21] = [
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 24] = [
     (0, 2, 16, 3, 1, false),
     (0, 4, 16, 3, 1, true),
     (0, 2, 16, 3, 2, false),
     (0, 1, 16, 4, 2, false),
     (0, 2, 8, 4, 2, true),
     (0, 1, 8, 4, 1, false),
+    (0, 2, 16, 4, 1, false),
+    (0, 1, 16, 4, 1, false),
+    (0, 2, 8, 4, 1, false),
     (1, 2, 8, 4, 1, false),
     (2, 2, 8, 4, 1, false),
     (3, 2, 8, 4, 1, false),
@@ -157,10 +160,13 @@ fn m_blocks_for(m: usize) -> usize {
 /// configuration on an H200 (kernels/examples/bench_marlin.rs `--sweep`, shapes 8192², 4096×11008,
 /// 11008×4096, 8192×28672); every list ends in a tile that divides any legal Marlin shape.
 pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option<MarlinConfig> {
-    let m_blocks = m_blocks_for(m);
-    let passes = m.div_ceil(16 * m_blocks);
+    // m ≤ 8: the swapped-operand kernels (m_blocks 0).
+    let m_blocks = if m <= 8 { 0 } else { m_blocks_for(m) };
+    let passes = m.div_ceil(16 * m_blocks.max(1));
     // (n_chunks, k_tiles, stages, min_blocks, prefetch)
     let prefs: &[(usize, usize, usize, usize, bool)] = match (m_blocks, passes) {
+        (0, _) if n >= 16384 => &[(4, 16, 3, 1, true), (2, 16, 3, 1, false), (1, 8, 4, 1, false)],
+        (0, _) => &[(2, 16, 3, 1, false), (1, 8, 4, 1, false)],
         (1, _) if n >= 16384 => {
             &[(4, 16, 3, 1, true), (4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
         }
@@ -610,7 +616,7 @@ mod tests {
             for m in [1, 7, 16, 33, 64, 128] {
                 let c = default_config(m, n, k, 227 * 1024).unwrap();
                 assert!(c.fits(n, k), "{c:?} n = {n}");
-                assert_eq!(c.m_blocks, m_blocks_for(m));
+                assert_eq!(c.m_blocks, if m <= 8 { 0 } else { m_blocks_for(m) });
                 assert!(MarlinConfig::all().contains(&c));
             }
         }

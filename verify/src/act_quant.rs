@@ -5,8 +5,9 @@
 //! noise would hide real kernel bugs. The rules mirror kernels/cuda/fp8.cu:
 //! - per-tensor and per-channel weights: one dynamic scale for the whole `[m, k]` activation,
 //!   `s = max(absmax / 448, 1 / (448 · 512))`;
-//! - 128×128 block weights: one scale per row and 128-wide k-group, `s = max(absmax, 1e-10) / 448`;
-//! and in both `x̂ = e4m3_satfinite_rne(x / s) · s`, with a true f32 division as the kernel does.
+//! - 128×128 block weights: one scale per row and 128-wide k-group, `s = max(absmax, 1e-10) / 448`.
+//!
+//! In both `x̂ = e4m3_satfinite_rne(x / s) · s`, with a true f32 division as the kernel does.
 
 use std::borrow::Cow;
 

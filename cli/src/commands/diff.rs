@@ -7,6 +7,14 @@
 //! order (the three worst rows marked `!`) or the N worst by SQNR, a summary, the optional SVG
 //! plot (written atomically), and the exit code — 1 when `--fail-below-sqnr` finds a tensor
 //! below the threshold, NaN, or not comparable.
+//!
+//! `--calib LOG.json` adds the per-layer log of a GPTQ/AWQ run (module `calib`). REF and CAND
+//! are then optional: `qtool diff --calib LOG` shows only the log, `qtool diff REF CAND --calib
+//! LOG` shows the weight table, then the log's table; under `--json` the log's document is the
+//! `calib` key of the weight document. The log is read and checked before any checkpoint is
+//! opened, so a bad log fails fast.
+
+mod calib;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,6 +43,9 @@ struct JsonReport<'a> {
     report: &'a DiffReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     threshold: Option<Threshold>,
+    /// `--calib`: the calibration log's document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calib: Option<&'a calib::CalibReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,19 +64,40 @@ pub fn run(args: &DiffArgs, out: &Output) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let calib_report = match &args.calib {
+        Some(path) => {
+            let log = calib::load(path)?;
+            Some(calib::report(path, &log, filter.as_ref(), args.worst))
+        }
+        None => None,
+    };
+    let (reference, candidate) = match (&args.reference, &args.candidate) {
+        (Some(r), Some(c)) => (r, c),
+        // clap requires both unless --calib is given.
+        _ => {
+            let Some(report) = &calib_report else {
+                anyhow::bail!("expected REF and CAND, or --calib LOG.json");
+            };
+            if out.json {
+                out.print_json(report)?;
+            } else {
+                out.print(&calib::render(report))?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     if let Some(db) = args.fail_below_sqnr {
         if db.is_nan() {
             anyhow::bail!("--fail-below-sqnr: expected a number of dB, got NaN");
         }
     }
     if let Some(path) = &args.plot {
-        qtool_formats::atomic::ensure_not_input(
-            path,
-            &[args.reference.clone(), args.candidate.clone()],
-        )?;
+        qtool_formats::atomic::ensure_not_input(path, &[reference.clone(), candidate.clone()])?;
     }
-    let reference = qtool_formats::open(&args.reference)?;
-    let candidate = qtool_formats::open(&args.candidate)?;
+    let ref_path = reference;
+    let cand_path = candidate;
+    let reference = qtool_formats::open(ref_path)?;
+    let candidate = qtool_formats::open(cand_path)?;
     let plan = diff::plan(
         &Input::from_checkpoint(&reference),
         &Input::from_checkpoint(&candidate),
@@ -82,7 +114,7 @@ pub fn run(args: &DiffArgs, out: &Output) -> anyhow::Result<ExitCode> {
             p.file_name()
                 .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
         };
-        let title = format!("{} vs {}", name(&args.reference), name(&args.candidate));
+        let title = format!("{} vs {}", name(ref_path), name(cand_path));
         let svg = plot::sqnr_svg(&report, &title);
         let mut file = qtool_formats::atomic::AtomicFile::create(path)?;
         file.writer()
@@ -121,10 +153,11 @@ pub fn run(args: &DiffArgs, out: &Output) -> anyhow::Result<ExitCode> {
             &report
         };
         out.print_json(&JsonReport {
-            reference: args.reference.display().to_string(),
-            candidate: args.candidate.display().to_string(),
+            reference: ref_path.display().to_string(),
+            candidate: cand_path.display().to_string(),
             report: body,
             threshold: threshold.clone(),
+            calib: calib_report.as_ref(),
         })?;
     } else {
         let marked =
@@ -142,6 +175,10 @@ pub fn run(args: &DiffArgs, out: &Output) -> anyhow::Result<ExitCode> {
                     t.failing.join(", ")
                 ));
             }
+        }
+        if let Some(r) = &calib_report {
+            text.push('\n');
+            text.push_str(&calib::render(r));
         }
         out.print(&text)?;
     }

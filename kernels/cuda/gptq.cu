@@ -1,0 +1,185 @@
+// GPTQ on the GPU (kernels/src/gptq.rs drives these; cuBLAS does the GEMM-shaped work).
+//
+// Matrix conventions: the Hessian accumulator and the Cholesky work matrix are column-major
+// (cuBLAS's view); since every matrix factored here is symmetric, the row-major host Hessian
+// is the same bytes. The weight is row-major [N, K] in visiting (act-order) column order.
+#include "qtool_common.cuh"
+
+// acc (K×K, f64) += tmp (K×K, f32) on the column-major lower triangle (r >= c) that SSYRK
+// wrote; the f32 partial sum of one batch goes into the long f64 sum.
+extern "C" __global__ void hess_accum(const float* __restrict__ tmp, double* __restrict__ acc,
+                                      int k) {
+    u64 total = (u64)k * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int r = (int)(i % k), c = (int)(i / k);
+        if (r >= c) acc[i] += (double)tmp[i];
+    }
+}
+
+// out (K×K, full symmetric) = scale · acc mirrored from its column-major lower triangle.
+extern "C" __global__ void hess_finish(const double* __restrict__ acc, double scale,
+                                       double* __restrict__ out, int k) {
+    u64 total = (u64)k * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int r = (int)(i / k), c = (int)(i % k);
+        out[i] = (r >= c ? acc[(u64)c * k + r] : acc[(u64)r * k + c]) * scale;
+    }
+}
+
+// m = P·Hp·P + damp·I, where Hp is h permuted to visiting order (perm) with dead diagonals set
+// to 1, and P reverses the index: the upper factor of Hp⁻¹ is then P·chol(m)⁻¹·P.
+extern "C" __global__ void build_reversed(const double* __restrict__ h,
+                                          const int* __restrict__ perm,
+                                          const u8* __restrict__ dead, double damp_add,
+                                          double* __restrict__ m, int k) {
+    u64 total = (u64)k * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int r = (int)(i / k), c = (int)(i % k);
+        int a = perm[k - 1 - r], b = perm[k - 1 - c];
+        double v = (a == b && dead[a]) ? 1.0 : h[(u64)a * k + b];
+        if (r == c) v += damp_add;
+        m[i] = v;
+    }
+}
+
+// B = I (K×K, f64).
+extern "C" __global__ void set_identity(double* __restrict__ b, int k) {
+    u64 total = (u64)k * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        b[i] = (i % k == i / k) ? 1.0 : 0.0;
+    }
+}
+
+#define CHOL_NB 64
+
+// Unblocked Cholesky of the diagonal block a[j0.., j0..] (jb ≤ CHOL_NB, column-major lower,
+// lda = k) in shared memory, one CTA. The first non-positive pivot (global index + 1) goes to
+// *info; once *info is set every later call returns at once (the factor is abandoned).
+extern "C" __global__ void chol_diag(double* __restrict__ a, int k, int j0, int jb,
+                                     int* __restrict__ info) {
+    __shared__ double s[CHOL_NB][CHOL_NB + 1];
+    __shared__ int failed;
+    if (*info != 0) return;
+    if (threadIdx.x == 0) failed = 0;
+    for (int idx = threadIdx.x; idx < jb * jb; idx += blockDim.x) {
+        int r = idx % jb, c = idx / jb;
+        s[r][c] = a[(u64)(j0 + c) * k + j0 + r];
+    }
+    __syncthreads();
+    for (int p = 0; p < jb; ++p) {
+        if (threadIdx.x == 0) {
+            double d = s[p][p];
+            if (!(d > 0.0) || !isfinite(d)) {
+                failed = 1;
+                *info = j0 + p + 1;
+            } else {
+                s[p][p] = sqrt(d);
+            }
+        }
+        __syncthreads();
+        if (failed) return;
+        double piv = s[p][p];
+        for (int r = p + 1 + threadIdx.x; r < jb; r += blockDim.x) s[r][p] /= piv;
+        __syncthreads();
+        int w = jb - p - 1;
+        for (int idx = threadIdx.x; idx < w * w; idx += blockDim.x) {
+            int r = p + 1 + idx % w, c = p + 1 + idx / w;
+            if (r >= c) s[r][c] -= s[r][p] * s[c][p];
+        }
+        __syncthreads();
+    }
+    for (int idx = threadIdx.x; idx < jb * jb; idx += blockDim.x) {
+        int r = idx % jb, c = idx / jb;
+        if (r >= c) a[(u64)(j0 + c) * k + j0 + r] = s[r][c];
+    }
+}
+
+// u (row-major K×K, f32) = P·X·P with X = L⁻¹ column-major: u[a][b] = X(K-1-a, K-1-b), upper.
+extern "C" __global__ void upper_from_inverse(const double* __restrict__ x, float* __restrict__ u,
+                                              int k) {
+    u64 total = (u64)k * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int a = (int)(i / k), b = (int)(i % k);
+        u[i] = b >= a ? (float)x[(u64)(k - 1 - b) * k + (k - 1 - a)] : 0.0f;
+    }
+}
+
+#define GPTQ_BS 128
+#define GPTQ_WARPS 8
+
+// The code of x as quantizers/src/int/rtn.rs `encode` computes it (conv 0: GPTQ/AWQ, 1: CT).
+__device__ __forceinline__ u8 encode(float x, float s, u8 z, int conv, float maxq, float mid) {
+    float q = __fdiv_rn(x, s);
+    if (conv == 0) {
+        return (u8)fminf(fmaxf(__fadd_rn(rintf(q), (float)z), 0.0f), maxq);
+    }
+    float t = __fadd_rn(q, __fsub_rn((float)z, mid));
+    t = fminf(fmaxf(t, -mid), __fsub_rn(maxq, mid));
+    return (u8)__fadd_rn(rintf(t), mid);
+}
+
+// One lazy block [i1, i1 + cnt) of GPTQ's column loop; one warp per weight row, 8 rows per CTA.
+// Lane l holds the row's block columns l, l+32, l+64, l+96 in registers; U[i1.., i1..] sits in
+// shared memory. Per column: quantize with the row's group parameters, write the code at the
+// column's original position, the scaled error e = (w − q)/U_ii to err[row, i], and subtract
+// e·U[i, j] from the row's later columns of the block. Products and differences are rounded
+// separately (no FMA contraction), as the CPU reference computes them.
+extern "C" __global__ void __launch_bounds__(GPTQ_WARPS * 32)
+gptq_block(const float* __restrict__ w, int n, int k, int i1, int cnt,
+           const float* __restrict__ u, const int* __restrict__ perm,
+           const int* __restrict__ gcol, const float* __restrict__ scales,
+           const u8* __restrict__ zeros, int conv, float maxq, float mid,
+           u8* __restrict__ codes, float* __restrict__ err, double* __restrict__ loss) {
+    extern __shared__ float us[];  // [cnt][GPTQ_BS]
+    for (int idx = threadIdx.x; idx < cnt * GPTQ_BS; idx += blockDim.x) {
+        int i = idx / GPTQ_BS, j = idx % GPTQ_BS;
+        us[idx] = j < cnt ? u[(u64)(i1 + i) * k + i1 + j] : 0.0f;
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * GPTQ_WARPS + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const float* wr = w + (u64)row * k + i1;
+    float reg[4];
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        int j = s * 32 + lane;
+        reg[s] = j < cnt ? wr[j] : 0.0f;
+    }
+    double lsum = 0.0;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+        for (int t = 0; t < 32; ++t) {
+            int i = s * 32 + t;
+            if (i >= cnt) break;
+            float x = __shfl_sync(0xffffffffu, reg[s], t);
+            int g = gcol[i1 + i];
+            float sc = scales[(u64)g * n + row];
+            u8 z = zeros[(u64)g * n + row];
+            u8 code = encode(x, sc, z, conv, maxq, mid);
+            float deq = __fmul_rn(sc, __fsub_rn((float)code, (float)z));
+            float e = __fdiv_rn(__fsub_rn(x, deq), us[i * GPTQ_BS + i]);
+            if (lane == t) {
+                codes[(u64)row * k + perm[i1 + i]] = code;
+                err[(u64)row * cnt + i] = e;
+                lsum += (double)e * (double)e / 2.0;
+            }
+#pragma unroll
+            for (int s2 = 0; s2 < 4; ++s2) {
+                int j = s2 * 32 + lane;
+                if (s2 >= s && j > i && j < cnt) {
+                    reg[s2] = __fsub_rn(reg[s2], __fmul_rn(e, us[i * GPTQ_BS + j]));
+                }
+            }
+        }
+    }
+    // Per-row loss; lanes add their columns' terms in a fixed order.
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) lsum += __shfl_down_sync(0xffffffffu, lsum, off);
+    if (lane == 0) loss[row] += lsum;
+}
