@@ -32,7 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// List a checkpoint's tensors, metadata and quantization scheme.
     Inspect(InspectArgs),
-    /// Quantize a checkpoint (FP8/FP4 for safetensors, GGUF types and recipes for GGUF).
+    /// Quantize a checkpoint: FP8/FP4/MX and INT4/INT8 (RTN, GPTQ, AWQ) for safetensors, GGUF
+    /// types and recipes for GGUF.
     Quantize(QuantizeArgs),
     /// List every --fmt name quantize accepts and what each one writes.
     Formats,

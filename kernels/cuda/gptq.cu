@@ -45,6 +45,13 @@ extern "C" __global__ void build_reversed(const double* __restrict__ h,
     }
 }
 
+// d[i] = h[i][i].
+extern "C" __global__ void diag_of(const double* __restrict__ h, double* __restrict__ d, int k) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < k; i += gridDim.x * blockDim.x) {
+        d[i] = h[(u64)i * k + i];
+    }
+}
+
 // B = I (K×K, f64).
 extern "C" __global__ void set_identity(double* __restrict__ b, int k) {
     u64 total = (u64)k * k;

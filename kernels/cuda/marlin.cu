@@ -17,14 +17,25 @@
 //   (highest CTA first, guarded by a per-column lock that the last writer resets to 0), which
 //   keeps the result deterministic and needs no extra launch;
 // - inside a CTA the 8 warps split a tile along k (and along n in 64-column chunks) and reduce
-//   through shared memory at the end of each stripe segment.
+//   through shared memory at the end of each stripe segment;
+// - m ≤ 8 (MB = 0) swaps the mma operands: the dequantized weights are the A operand (16 columns
+//   per mma instead of 8, so half the mmas) and the group scales multiply f32 partial sums once
+//   per group instead of every f16 weight pair; the B-fragment words are already A fragments.
 // No headers: everything below is plain C++ and inline PTX, so NVRTC needs no include path.
 //
-// Measured status (H200, kernels/examples/bench_marlin.rs, back-to-back launches): 0.9–1.9×
-// cuBLAS BF16 at m ≤ 16 and 19–44 % of HBM bandwidth at m = 1 on the issue's four shapes, below
-// the paper's ~3.9× and the 80 % goal. A sweep found the time insensitive to pipeline depth
-// (3–8 stages), stage size (8–32 KB), two CTAs per SM and a 256-byte L2 prefetch, so the limit
-// is not memory latency; it was not located without a profiler. m ≥ 64 is slower than cuBLAS.
+// Measured status (H200, kernels/examples/bench_marlin.rs, back-to-back launches, group 128):
+// m = 1: 19.9 µs on 8192² (1.8× cuBLAS BF16, 35 % of HBM), 17.5 µs 4096×11008 (1.6×, 27 %),
+// 21.2 µs 11008×4096 (1.3×, 22 %), 39.8 µs 8192×28672 (2.8×, 61 %); m = 16: 0.9–1.9×; m ≥ 64
+// slower than cuBLAS (0.4–0.9×). Below the issue's 3× / 80 % goal. Nsight Compute on the
+// 8192² m = 1 launch: DRAM 25–30 % busy, long-scoreboard (memory) stalls small; the SM issues
+// only ~0.42 instructions per scheduler per cycle with 2 warps per scheduler, stalled on
+// fixed-latency dependencies ("wait"), the per-stage __syncthreads ("barrier") and the math
+// pipes. It is bound by instruction latency/count in the dequant + mma loop, not by memory:
+// bulk (TMA) copies with 4–6 stages were slower, and 16 warps per SM (two CTAs at ≤ 128
+// registers) did not help. The swapped form cut executed instructions by 23 % (7.7 M → 6.0 M)
+// and time by 17–27 %. Next steps: more independent work per warp between barriers (larger
+// k per warp, no k-warp split), a cheaper dequant (fewer ALU ops per word), and the same
+// f32-scale trick for m = 9..64.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -590,16 +601,12 @@ __device__ __forceinline__ void marlin_w4a16(const u16* __restrict__ A, const in
     MARLIN_ENTRY(3, NCH, KT, ST, 1, PF)  \
     MARLIN_ENTRY(4, NCH, KT, ST, 1, PF)
 
-// m ≤ 8, swapped operands: 256-deep k stages; one and two CTAs per SM; 64-column fallback.
+// m ≤ 8, swapped operands: 256-deep k stages (128, 256 or 64 columns), and the 64×128 tile
+// that divides every legal shape. Two-CTA-per-SM and 128-deep variants were slower on an H200.
 MARLIN_ENTRY(0, 2, 16, 3, 1, 0)
 MARLIN_ENTRY(0, 4, 16, 3, 1, 1)
-MARLIN_ENTRY(0, 2, 16, 3, 2, 0)
-MARLIN_ENTRY(0, 1, 16, 4, 2, 0)
-MARLIN_ENTRY(0, 2, 8, 4, 2, 1)
-MARLIN_ENTRY(0, 1, 8, 4, 1, 0)
-MARLIN_ENTRY(0, 2, 16, 4, 1, 0)
 MARLIN_ENTRY(0, 1, 16, 4, 1, 0)
-MARLIN_ENTRY(0, 2, 8, 4, 1, 0)
+MARLIN_ENTRY(0, 1, 8, 4, 1, 0)
 // Every m: 128×128 tiles (4 k-warps × 2 n-chunks), 256×128 (2 × 4), 64×128 (8 k-warps; also
 // the fallback for n % 128 != 0).
 MARLIN_ENTRY_MB(2, 8, 4, 0)

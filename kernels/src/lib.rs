@@ -23,6 +23,7 @@ mod dequant_gemm;
 pub mod fp8;
 mod gemm_bf16;
 pub mod gguf;
+pub mod gptq;
 pub mod int4;
 pub mod nvfp4;
 

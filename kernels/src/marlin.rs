@@ -6,8 +6,8 @@
 //! Weights and scales are uploaded once ([`MarlinWeights`]) so a benchmark times the kernel
 //! alone; [`Gpu::marlin_w4a16`] is the one-shot form `verify` uses.
 //!
-//! Performance (H200): 0.9–1.9× cuBLAS BF16 at m ≤ 16, 19–44 % of HBM bandwidth at m = 1,
-//! slower than cuBLAS at m ≥ 64 — see the status note at the top of marlin.cu.
+//! Performance (H200): 1.2–2.8× cuBLAS BF16 at m = 1 (21–61 % of HBM bandwidth), 0.9–1.9× at
+//! m = 16, slower than cuBLAS at m ≥ 64 — see the status note at the top of marlin.cu.
 //!
 //! The kernel partitions the tile grid into equal stripes, one per SM, and reduces a tile column
 //! shared by several CTAs in a fixed order through per-column locks (see the .cu header). The
@@ -54,16 +54,11 @@ pub struct MarlinConfig {
 }
 
 /// Every `(m_blocks, n_chunks, k_tiles, stages, min_blocks, prefetch)` instantiated in marlin.cu.
-pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 24] = [
+pub const MARLIN_CONFIGS: [(usize, usize, usize, usize, usize, bool); 19] = [
     (0, 2, 16, 3, 1, false),
     (0, 4, 16, 3, 1, true),
-    (0, 2, 16, 3, 2, false),
-    (0, 1, 16, 4, 2, false),
-    (0, 2, 8, 4, 2, true),
-    (0, 1, 8, 4, 1, false),
-    (0, 2, 16, 4, 1, false),
     (0, 1, 16, 4, 1, false),
-    (0, 2, 8, 4, 1, false),
+    (0, 1, 8, 4, 1, false),
     (1, 2, 8, 4, 1, false),
     (2, 2, 8, 4, 1, false),
     (3, 2, 8, 4, 1, false),
@@ -166,10 +161,12 @@ pub fn default_config(m: usize, n: usize, k: usize, smem_optin: usize) -> Option
     // (n_chunks, k_tiles, stages, min_blocks, prefetch)
     let prefs: &[(usize, usize, usize, usize, bool)] = match (m_blocks, passes) {
         (0, _) if n >= 16384 => &[(4, 16, 3, 1, true), (2, 16, 3, 1, false), (1, 8, 4, 1, false)],
+        (0, _) if n <= 4096 => &[(1, 16, 4, 1, false), (2, 16, 3, 1, false), (1, 8, 4, 1, false)],
         (0, _) => &[(2, 16, 3, 1, false), (1, 8, 4, 1, false)],
         (1, _) if n >= 16384 => {
             &[(4, 16, 3, 1, true), (4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)]
         }
+        (1, _) if n <= 4096 => &[(1, 8, 4, 1, false), (2, 16, 3, 1, false), (2, 8, 4, 1, false)],
         (1, _) => &[(2, 16, 3, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
         (4, 1) if n >= 16384 => &[(4, 8, 4, 1, false), (2, 8, 4, 1, false), (1, 8, 4, 1, false)],
         (4, 1) if n <= 4096 => &[(1, 8, 4, 1, false)],

@@ -1,0 +1,601 @@
+//! GPTQ on the GPU, equal to the CPU reference (`qtool_quantizers::ptq::gptq`) up to rounding
+//! ties. That CPU code stays the oracle: this module reproduces its steps, not the GPTQ
+//! authors' PyTorch code.
+//!
+//! - [`GpuHessian`]: `Σ xxᵀ` per batch with cuBLAS SSYRK in f32 (as the reference's f32 matmul),
+//!   added into an f64 accumulator on the device, so the long sum over the calibration set keeps
+//!   the CPU path's precision; [`GpuHessian::hessian`] gives `2·XᵀX/T`.
+//! - [`GpuFactor`]: dead columns, act-order permutation and dampening exactly as the CPU's
+//!   `Prepared` (same f64 values), then `U` = upper Cholesky factor of `H⁻¹` in f64 on the GPU
+//!   by the index-reversal identity of `ptq::linalg` (`U = P·chol(P·H·P)⁻¹·P`): a blocked
+//!   Cholesky (64-wide diagonal blocks in one CTA, cuBLAS DTRSM/DSYRK for the panels and the
+//!   trailing matrix) and one DTRSM against the identity for the inverse. f64 because `U` must
+//!   round to the same f32 values the CPU computes; the H200's f64 rate makes that cheap.
+//!   Cholesky failure doubles the dampening like the CPU, then falls back to RTN.
+//! - [`gptq_quantize`]: the lazy-block column loop. One kernel per 128-column block quantizes
+//!   each row's columns in order (group parameters precomputed on the host by the same RTN code
+//!   the CPU uses: static groups or per-channel), then one cuBLAS SGEMM applies the block's
+//!   errors to every later column.
+//!
+//! Not supported here (the CPU path handles them): dynamic groups (`static_groups = false` with
+//! a group size), lazy blocks wider than 128.
+
+use std::ffi::c_int;
+use std::time::Instant;
+
+use cudarc::cublas::sys as cb;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+
+use qtool_quantizers::int::rtn::Convention;
+use qtool_quantizers::int::{quantize_for_storage, GroupSize, QuantizedInt};
+use qtool_quantizers::ptq::{GptqConfig, GptqOutput};
+
+use crate::error::{KResult, KernelError};
+use crate::gpu::Gpu;
+use crate::launch::{blocks, config, launch};
+use crate::KernelSource;
+
+const SRC: KernelSource = crate::kernel_source!("gptq");
+
+/// Diagonal block width of the blocked Cholesky (`CHOL_NB` in gptq.cu).
+const CHOL_NB: usize = 64;
+/// Widest lazy block the column kernel holds (`GPTQ_BS`).
+const MAX_BLOCK: usize = 128;
+/// Rows per CTA of the column kernel (`GPTQ_WARPS`).
+const ROWS_PER_CTA: usize = 8;
+/// Threads of the element-wise kernels; grids are capped, the kernels stride.
+const EW_THREADS: u32 = 256;
+
+fn dim(v: usize, what: &str) -> KResult<c_int> {
+    c_int::try_from(v)
+        .map_err(|_| KernelError::Shape(format!("{what} = {v} exceeds 32-bit cuBLAS dimensions")))
+}
+
+fn blas_check(status: cb::cublasStatus_t, what: &str) -> KResult<()> {
+    if status == cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(KernelError::Blas(format!("{what}: {status:?}")))
+    }
+}
+
+/// The GPU and the cuBLAS handle the GPTQ steps share; create one per run.
+pub struct GptqGpu<'g> {
+    gpu: &'g Gpu,
+    blas: CudaBlas,
+}
+
+impl<'g> GptqGpu<'g> {
+    pub fn new(gpu: &'g Gpu) -> KResult<Self> {
+        crate::libs::cublas_libraries().map_err(KernelError::NoGpu)?;
+        let blas = CudaBlas::new(gpu.stream().clone())
+            .map_err(|e| KernelError::Blas(format!("cublasCreate: {e:?}")))?;
+        Ok(GptqGpu { gpu, blas })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        self.gpu
+    }
+
+    fn ew_grid(total: usize) -> KResult<(u32, u32, u32)> {
+        Ok((blocks(total, EW_THREADS as usize)?.clamp(1, 1 << 16), 1, 1))
+    }
+}
+
+/// `Σ xxᵀ` of one layer input accumulated on the GPU (see the module doc).
+pub struct GpuHessian {
+    k: usize,
+    acc: CudaSlice<f64>,
+    tmp: CudaSlice<f32>,
+    tokens: u64,
+}
+
+impl GpuHessian {
+    pub fn new(g: &GptqGpu<'_>, k: usize) -> KResult<Self> {
+        dim(k * k, "K·K")?;
+        Ok(GpuHessian { k, acc: g.gpu.zeros(k * k)?, tmp: g.gpu.zeros(k * k)?, tokens: 0 })
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Adds the host activations `x` (`[T, K]` row-major); non-finite values are refused.
+    pub fn add(&mut self, g: &GptqGpu<'_>, x: &[f32]) -> KResult<()> {
+        let k = self.k;
+        if x.len() % k != 0 {
+            return Err(KernelError::Shape(format!(
+                "activations: {} values are not whole rows of {k}",
+                x.len()
+            )));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(KernelError::Shape(format!(
+                "activations: non-finite value {} at token {}, channel {}",
+                x[i],
+                i / k,
+                i % k
+            )));
+        }
+        let xd = g.gpu.upload(x)?;
+        self.add_device(g, &xd, x.len() / k)
+    }
+
+    /// Adds `t` tokens already on the device (`[t, K]` row-major).
+    pub fn add_device(&mut self, g: &GptqGpu<'_>, x: &CudaSlice<f32>, t: usize) -> KResult<()> {
+        let k = self.k;
+        if t == 0 {
+            return Ok(());
+        }
+        if x.len() < t * k {
+            return Err(KernelError::Shape(format!("activations: {} < {t}·{k}", x.len())));
+        }
+        let (ki, ti) = (dim(k, "K")?, dim(t, "tokens")?);
+        let stream = g.gpu.stream();
+        {
+            let (xp, _gx) = x.device_ptr(stream);
+            let (tp, _gt) = self.tmp.device_ptr_mut(stream);
+            let (one, zero) = (1.0f32, 0.0f32);
+            // Column-major, x is the K×T matrix A; SYRK's C = A·Aᵀ = XᵀX (lower triangle).
+            // SAFETY: x holds ≥ t·k floats, tmp k·k; the handle is bound to this stream.
+            let st = unsafe {
+                cb::cublasSsyrk_v2(
+                    *g.blas.handle(),
+                    cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                    cb::cublasOperation_t::CUBLAS_OP_N,
+                    ki,
+                    ti,
+                    &one,
+                    xp as *const f32,
+                    ki,
+                    &zero,
+                    tp as *mut f32,
+                    ki,
+                )
+            };
+            blas_check(st, "cublasSsyrk (Hessian)")?;
+        }
+        let f = g.gpu.function(&SRC, "hess_accum")?;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&self.tmp).arg(&mut self.acc).arg(&ki);
+        launch(
+            g.gpu,
+            &f,
+            "hess_accum",
+            b,
+            config(GptqGpu::ew_grid(k * k)?, (EW_THREADS, 1, 1), 0),
+        )?;
+        self.tokens += t as u64;
+        Ok(())
+    }
+
+    /// `H = 2·XᵀX/T`, full symmetric `K×K` f64 on the device.
+    pub fn hessian(&self, g: &GptqGpu<'_>) -> KResult<CudaSlice<f64>> {
+        if self.tokens == 0 {
+            return Err(KernelError::Shape("Hessian of zero tokens".into()));
+        }
+        let k = self.k;
+        let mut out = g.gpu.zeros::<f64>(k * k)?;
+        let scale = 2.0 / self.tokens as f64;
+        let ki = dim(k, "K")?;
+        let f = g.gpu.function(&SRC, "hess_finish")?;
+        let mut b = g.gpu.stream().launch_builder(&f);
+        b.arg(&self.acc).arg(&scale).arg(&mut out).arg(&ki);
+        launch(
+            g.gpu,
+            &f,
+            "hess_finish",
+            b,
+            config(GptqGpu::ew_grid(k * k)?, (EW_THREADS, 1, 1), 0),
+        )?;
+        Ok(out)
+    }
+}
+
+/// The factorized Hessian of one layer input (the GPU twin of `ptq::gptq::Prepared`).
+pub struct GpuFactor {
+    k: usize,
+    perm: Vec<usize>,
+    dead: Vec<bool>,
+    /// `U` row-major f32 in visiting order, or the reason GPTQ cannot run.
+    u: Result<CudaSlice<f32>, String>,
+    damp: Option<f64>,
+}
+
+impl GpuFactor {
+    pub fn damp(&self) -> Option<f64> {
+        self.damp
+    }
+
+    pub fn fallback(&self) -> Option<&str> {
+        self.u.as_ref().err().map(String::as_str)
+    }
+
+    /// Factorizes a host Hessian (`K×K` symmetric f64).
+    pub fn from_host(g: &GptqGpu<'_>, h: &[f64], k: usize, cfg: &GptqConfig) -> KResult<Self> {
+        if h.len() != k * k {
+            return Err(KernelError::Shape(format!("hessian: {} values for K = {k}", h.len())));
+        }
+        if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+            return Err(KernelError::Shape(format!("hessian: non-finite value at {i}")));
+        }
+        let hd = g.gpu.upload(h)?;
+        Self::new(g, &hd, k, cfg)
+    }
+
+    /// Factorizes the device Hessian `h` (`K×K` symmetric f64) for `cfg`.
+    pub fn new(g: &GptqGpu<'_>, h: &CudaSlice<f64>, k: usize, cfg: &GptqConfig) -> KResult<Self> {
+        check_config(cfg)?;
+        if k == 0 || h.len() < k * k {
+            return Err(KernelError::Shape(format!("hessian: {} values for K = {k}", h.len())));
+        }
+        let ki = dim(k, "K")?;
+        let gpu = g.gpu;
+        // The diagonal decides dead columns, the visiting order and the dampening.
+        let diag = {
+            let mut d = gpu.zeros::<f64>(k)?;
+            let f = gpu.function(&SRC, "diag_of")?;
+            let mut b = gpu.stream().launch_builder(&f);
+            b.arg(h).arg(&mut d).arg(&ki);
+            launch(gpu, &f, "diag_of", b, config(GptqGpu::ew_grid(k)?, (EW_THREADS, 1, 1), 0))?;
+            gpu.download(&d)?
+        };
+        let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
+        let diag: Vec<f64> =
+            diag.iter().zip(&dead).map(|(&d, &x)| if x { 1.0 } else { d }).collect();
+        let mut perm: Vec<usize> = (0..k).collect();
+        if cfg.act_order {
+            perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+        }
+        let mean_diag = perm.iter().map(|&p| diag[p]).sum::<f64>() / k as f64;
+        let perm_i: Vec<i32> = perm.iter().map(|&p| p as i32).collect();
+        let perm_d = gpu.upload(&perm_i)?;
+        let dead_d = gpu.upload(&dead.iter().map(|&d| d as u8).collect::<Vec<u8>>())?;
+        let mut m = gpu.zeros::<f64>(k * k)?;
+        let mut info = gpu.zeros::<i32>(1)?;
+        let f_build = gpu.function(&SRC, "build_reversed")?;
+        let f_chol = gpu.function(&SRC, "chol_diag")?;
+        let grid = GptqGpu::ew_grid(k * k)?;
+        let mut damp = cfg.damp;
+        let mut tried = Vec::new();
+        loop {
+            tried.push(damp);
+            let damp_add = damp * mean_diag;
+            let mut b = gpu.stream().launch_builder(&f_build);
+            b.arg(h).arg(&perm_d).arg(&dead_d).arg(&damp_add).arg(&mut m).arg(&ki);
+            launch(gpu, &f_build, "build_reversed", b, config(grid, (EW_THREADS, 1, 1), 0))?;
+            gpu.stream().memset_zeros(&mut info)?;
+            blocked_cholesky(g, &f_chol, &mut m, &mut info, k)?;
+            let failed = gpu.download(&info)?[0];
+            if failed == 0 {
+                let u = upper_of_inverse(g, &m, k)?;
+                return Ok(GpuFactor { k, perm, dead, u: Ok(u), damp: Some(damp) });
+            }
+            if damp >= cfg.max_damp || mean_diag <= 0.0 {
+                let pivot = k - failed as usize; // reversed index back to visiting order
+                let reason = format!(
+                    "Hessian not positive definite (pivot {} in visiting order) after dampening {}; quantized by RTN",
+                    pivot,
+                    tried.iter().map(|d| format!("{d}")).collect::<Vec<_>>().join(", ")
+                );
+                return Ok(GpuFactor { k, perm, dead, u: Err(reason), damp: None });
+            }
+            damp = (damp * 2.0).max(1e-4).min(cfg.max_damp);
+        }
+    }
+}
+
+fn check_config(cfg: &GptqConfig) -> KResult<()> {
+    if !(cfg.damp >= 0.0 && cfg.damp.is_finite() && cfg.max_damp.is_finite()) {
+        return Err(KernelError::Unsupported(format!(
+            "damp {} must be a finite number ≥ 0",
+            cfg.damp
+        )));
+    }
+    if cfg.block_size == 0 || cfg.block_size > MAX_BLOCK {
+        return Err(KernelError::Unsupported(format!(
+            "GPU GPTQ lazy block {} (1..={MAX_BLOCK})",
+            cfg.block_size
+        )));
+    }
+    if matches!(cfg.rtn.group_size, GroupSize::Size(_)) && !cfg.static_groups {
+        return Err(KernelError::Unsupported(
+            "GPU GPTQ with dynamic groups (static_groups = false); use the CPU path".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// In-place lower Cholesky of the column-major `m`; the first failing pivot + 1 lands in `info`.
+fn blocked_cholesky(
+    g: &GptqGpu<'_>,
+    f_chol: &cudarc::driver::CudaFunction,
+    m: &mut CudaSlice<f64>,
+    info: &mut CudaSlice<i32>,
+    k: usize,
+) -> KResult<()> {
+    let gpu = g.gpu;
+    let ki = dim(k, "K")?;
+    for j0 in (0..k).step_by(CHOL_NB) {
+        let jb = CHOL_NB.min(k - j0);
+        let (j0i, jbi) = (j0 as c_int, jb as c_int);
+        let mut b = gpu.stream().launch_builder(f_chol);
+        b.arg(&mut *m).arg(&ki).arg(&j0i).arg(&jbi).arg(&mut *info);
+        launch(gpu, f_chol, "chol_diag", b, config((1, 1, 1), (256, 1, 1), 0))?;
+        let rest = k - j0 - jb;
+        if rest == 0 {
+            continue;
+        }
+        let ri = rest as c_int;
+        let stream = gpu.stream();
+        let (mp, _gm) = m.device_ptr_mut(stream);
+        let at = |off: usize| mp + (off * 8) as u64;
+        let diag = at(j0 * k + j0);
+        let panel = at(j0 * k + j0 + jb);
+        let trail = at((j0 + jb) * k + j0 + jb);
+        let (one, minus) = (1.0f64, -1.0f64);
+        // SAFETY: every pointer is inside the k·k matrix (offsets above, ld = k); the handle is
+        // bound to the stream the kernels run on.
+        unsafe {
+            blas_check(
+                cb::cublasDtrsm_v2(
+                    *g.blas.handle(),
+                    cb::cublasSideMode_t::CUBLAS_SIDE_RIGHT,
+                    cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                    cb::cublasOperation_t::CUBLAS_OP_T,
+                    cb::cublasDiagType_t::CUBLAS_DIAG_NON_UNIT,
+                    ri,
+                    jbi,
+                    &one,
+                    diag as *const f64,
+                    ki,
+                    panel as *mut f64,
+                    ki,
+                ),
+                "cublasDtrsm (Cholesky panel)",
+            )?;
+            blas_check(
+                cb::cublasDsyrk_v2(
+                    *g.blas.handle(),
+                    cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                    cb::cublasOperation_t::CUBLAS_OP_N,
+                    ri,
+                    jbi,
+                    &minus,
+                    panel as *const f64,
+                    ki,
+                    &one,
+                    trail as *mut f64,
+                    ki,
+                ),
+                "cublasDsyrk (Cholesky update)",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `U` (row-major f32) from the lower factor `L` in `m`: `L⁻¹` by DTRSM against `I`, then
+/// reversed and rounded to f32.
+fn upper_of_inverse(g: &GptqGpu<'_>, m: &CudaSlice<f64>, k: usize) -> KResult<CudaSlice<f32>> {
+    let gpu = g.gpu;
+    let ki = dim(k, "K")?;
+    let grid = GptqGpu::ew_grid(k * k)?;
+    let mut x = gpu.zeros::<f64>(k * k)?;
+    let f_id = gpu.function(&SRC, "set_identity")?;
+    let mut b = gpu.stream().launch_builder(&f_id);
+    b.arg(&mut x).arg(&ki);
+    launch(gpu, &f_id, "set_identity", b, config(grid, (EW_THREADS, 1, 1), 0))?;
+    {
+        let stream = gpu.stream();
+        let (mp, _gm) = m.device_ptr(stream);
+        let (xp, _gx) = x.device_ptr_mut(stream);
+        let one = 1.0f64;
+        // SAFETY: both are k·k f64 matrices with ld = k; the handle is bound to this stream.
+        let st = unsafe {
+            cb::cublasDtrsm_v2(
+                *g.blas.handle(),
+                cb::cublasSideMode_t::CUBLAS_SIDE_LEFT,
+                cb::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                cb::cublasDiagType_t::CUBLAS_DIAG_NON_UNIT,
+                ki,
+                ki,
+                &one,
+                mp as *const f64,
+                ki,
+                xp as *mut f64,
+                ki,
+            )
+        };
+        blas_check(st, "cublasDtrsm (L⁻¹)")?;
+    }
+    let mut u = gpu.zeros::<f32>(k * k)?;
+    let f_up = gpu.function(&SRC, "upper_from_inverse")?;
+    let mut b = gpu.stream().launch_builder(&f_up);
+    b.arg(&x).arg(&mut u).arg(&ki);
+    launch(gpu, &f_up, "upper_from_inverse", b, config(grid, (EW_THREADS, 1, 1), 0))?;
+    Ok(u)
+}
+
+/// Wall times of one [`gptq_quantize`] call, for the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GptqTimes {
+    /// Host preparation: permutation, group parameters, upload.
+    pub prepare_s: f64,
+    /// The column loop on the GPU (kernels + lazy-update GEMMs), synchronized.
+    pub loop_s: f64,
+    /// Download and assembly of the result.
+    pub finish_s: f64,
+}
+
+/// GPTQ of `w` (`[N, K]` row-major f32) with the factor `f`; the same [`GptqOutput`] as the
+/// CPU's `quantize_prepared` up to rounding ties.
+pub fn gptq_quantize(
+    g: &GptqGpu<'_>,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    f: &GpuFactor,
+    cfg: &GptqConfig,
+) -> KResult<(GptqOutput, GptqTimes)> {
+    check_config(cfg)?;
+    let t0 = Instant::now();
+    let mut times = GptqTimes::default();
+    if n == 0 || k == 0 || w.len() != n * k {
+        return Err(KernelError::Shape(format!("weight: {} values for [{n}, {k}]", w.len())));
+    }
+    if f.k != k {
+        return Err(KernelError::Shape(format!("factor for K = {}, weight K = {k}", f.k)));
+    }
+    let int_err = |e: qtool_quantizers::int::IntError| KernelError::Shape(e.to_string());
+    let u = match &f.u {
+        Ok(u) => u,
+        Err(reason) => {
+            let q =
+                quantize_for_storage(w, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
+            return Ok((
+                GptqOutput { q, damp: None, fallback: Some(reason.clone()), loss: 0.0 },
+                times,
+            ));
+        }
+    };
+    let (ni, ki) = (dim(n, "N")?, dim(k, "K")?);
+    dim(n * k, "N·K")?;
+    // Dead columns zeroed (per-channel parameters are taken before, as the CPU does).
+    let mut wo = w.to_vec();
+    for (c, _) in f.dead.iter().enumerate().filter(|(_, d)| **d) {
+        for row in 0..n {
+            wo[row * k + c] = 0.0;
+        }
+    }
+    let params_src = match cfg.rtn.group_size {
+        GroupSize::PerChannel => w,
+        GroupSize::Size(_) => &wo,
+    };
+    let params =
+        quantize_for_storage(params_src, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
+    let gcol: Vec<i32> = match cfg.rtn.group_size {
+        GroupSize::PerChannel => vec![0; k],
+        GroupSize::Size(gs) => f.perm.iter().map(|&c| (c / gs) as i32).collect(),
+    };
+    let mut wp = vec![0.0f32; n * k];
+    for row in 0..n {
+        let (src, dst) = (&wo[row * k..(row + 1) * k], &mut wp[row * k..(row + 1) * k]);
+        for (d, &c) in dst.iter_mut().zip(&f.perm) {
+            *d = src[c];
+        }
+    }
+    drop(wo);
+    let gpu = g.gpu;
+    let mut wd = gpu.upload(&wp)?;
+    drop(wp);
+    let perm_i: Vec<i32> = f.perm.iter().map(|&p| p as i32).collect();
+    let perm_d = gpu.upload(&perm_i)?;
+    let gcol_d = gpu.upload(&gcol)?;
+    let scales_d = gpu.upload(&params.scales)?;
+    let zeros_d = gpu.upload(&params.zeros)?;
+    let mut codes_d = gpu.zeros::<u8>(n * k)?;
+    let bs = cfg.block_size;
+    let mut err_d = gpu.zeros::<f32>(n * bs)?;
+    let mut loss_d = gpu.zeros::<f64>(n)?;
+    let conv: c_int = match cfg.rtn.convention {
+        Convention::Gptq | Convention::Awq => 0,
+        Convention::CompressedTensors => 1,
+    };
+    let maxq = cfg.rtn.bits.max_code() as f32;
+    let mid = cfg.rtn.bits.mid() as f32;
+    let f_blk = gpu.function(&SRC, "gptq_block")?;
+    gpu.synchronize()?;
+    times.prepare_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let grid = (blocks(n, ROWS_PER_CTA)?, 1, 1);
+    for i1 in (0..k).step_by(bs) {
+        let i2 = (i1 + bs).min(k);
+        let cnt = i2 - i1;
+        let (i1i, cnti) = (i1 as c_int, cnt as c_int);
+        let smem = (cnt * MAX_BLOCK * 4) as u32;
+        let mut b = gpu.stream().launch_builder(&f_blk);
+        b.arg(&wd).arg(&ni).arg(&ki).arg(&i1i).arg(&cnti).arg(u).arg(&perm_d).arg(&gcol_d);
+        b.arg(&scales_d).arg(&zeros_d).arg(&conv).arg(&maxq).arg(&mid);
+        b.arg(&mut codes_d).arg(&mut err_d).arg(&mut loss_d);
+        launch(
+            gpu,
+            &f_blk,
+            "gptq_block",
+            b,
+            config(grid, ((ROWS_PER_CTA * 32) as u32, 1, 1), smem),
+        )?;
+        if i2 < k {
+            let stream = gpu.stream();
+            let (up, _gu) = u.device_ptr(stream);
+            let (ep, _ge) = err_d.device_ptr(stream);
+            let (wdp, _gw) = wd.device_ptr_mut(stream);
+            let (minus, one) = (-1.0f32, 1.0f32);
+            // Column-major: W[:, i2:]ᵀ (K−i2 × N, ld K) −= U[i1:i2, i2:]ᵀ (K−i2 × cnt, ld K) ·
+            // errᵀ (cnt × N, ld cnt).
+            // SAFETY: offsets stay inside u (k·k), err (n·bs ≥ n·cnt) and w (n·k).
+            let st = unsafe {
+                cb::cublasSgemm_v2(
+                    *g.blas.handle(),
+                    cb::cublasOperation_t::CUBLAS_OP_N,
+                    cb::cublasOperation_t::CUBLAS_OP_N,
+                    (k - i2) as c_int,
+                    ni,
+                    cnti,
+                    &minus,
+                    (up + ((i1 * k + i2) * 4) as u64) as *const f32,
+                    ki,
+                    ep as *const f32,
+                    cnti,
+                    &one,
+                    (wdp + (i2 * 4) as u64) as *mut f32,
+                    ki,
+                )
+            };
+            blas_check(st, "cublasSgemm (GPTQ lazy update)")?;
+        }
+    }
+    gpu.synchronize()?;
+    times.loop_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let codes = gpu.download(&codes_d)?;
+    let loss: f64 = gpu.download(&loss_d)?.iter().sum();
+    let q = QuantizedInt {
+        bits: cfg.rtn.bits,
+        n,
+        k,
+        group_size: cfg.rtn.group_size,
+        symmetric: cfg.rtn.symmetric,
+        codes,
+        scales: params.scales,
+        zeros: params.zeros,
+        g_idx: None,
+    };
+    q.validate().map_err(int_err)?;
+    times.finish_s = t2.elapsed().as_secs_f64();
+    Ok((GptqOutput { q, damp: f.damp, fallback: None, loss }, times))
+}
+
+impl std::fmt::Debug for GptqGpu<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GptqGpu").field("gpu", self.gpu).finish()
+    }
+}
+
+impl std::fmt::Debug for GpuHessian {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuHessian").field("k", &self.k).field("tokens", &self.tokens).finish()
+    }
+}
+
+impl std::fmt::Debug for GpuFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuFactor")
+            .field("k", &self.k)
+            .field("damp", &self.damp)
+            .field("fallback", &self.fallback())
+            .finish()
+    }
+}

@@ -1,0 +1,193 @@
+//! GPU GPTQ (`qtool_kernels::gptq`) against the CPU reference (`qtool_quantizers::ptq::gptq`)
+//! on random correlated activations: the Hessian, then codes (≥ 99.9 % identical: the two
+//! differ only in summation order, which can flip a value sitting on a rounding tie), identical
+//! group parameters, and the output-space error within 1e-3 relative. Without a GPU each test
+//! prints `skipped: <reason>`; with `QTOOL_REQUIRE_GPU=1` a missing GPU is a failure.
+
+use qtool_kernels::gptq::{gptq_quantize, GptqGpu, GpuFactor, GpuHessian};
+use qtool_kernels::{Gpu, KernelError};
+use qtool_quantizers::int::dequantize;
+use qtool_quantizers::int::rtn::{Bits, Convention, GroupSize, RtnConfig, ScaleDtype};
+use qtool_quantizers::ptq::gptq::quantize as cpu_gptq;
+use qtool_quantizers::ptq::{output_error, GptqConfig, Hessian};
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e @ KernelError::NoGpu(_)) => {
+            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
+            }
+            println!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("opening the GPU failed: {e}"),
+    }
+}
+
+/// Deterministic values in [-1, 1) (xorshift64*).
+fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+            v as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `[t, k]` activations with correlated channels (a rank-`k/4` mix plus noise), channel scales
+/// spread over 30× (so act-order reorders), and channel 5 never excited (a dead input).
+fn activations(t: usize, k: usize, seed: u64) -> Vec<f32> {
+    let r = (k / 4).max(1);
+    let z = values(seed, t * r);
+    let mix = values(seed + 1, r * k);
+    let noise = values(seed + 2, t * k);
+    let mut x = vec![0.0f32; t * k];
+    for i in 0..t {
+        for c in 0..k {
+            let mut s = 0.3 * noise[i * k + c];
+            for j in 0..r {
+                s += z[i * r + j] * mix[j * k + c];
+            }
+            let scale = 0.2 + 6.0 * ((c * 37 % k) as f32 / k as f32);
+            x[i * k + c] = if c == 5 { 0.0 } else { s * scale };
+        }
+    }
+    x
+}
+
+fn config(group: i64, sym: bool, act_order: bool) -> GptqConfig {
+    let rtn = RtnConfig {
+        bits: Bits::B4,
+        group_size: if group < 0 { GroupSize::PerChannel } else { GroupSize::Size(group as usize) },
+        symmetric: sym,
+        convention: Convention::Gptq,
+    };
+    let mut c = GptqConfig::new(rtn, ScaleDtype::F16);
+    c.act_order = act_order;
+    c.static_groups = true;
+    c
+}
+
+struct Case {
+    n: usize,
+    k: usize,
+    t: usize,
+}
+
+/// Runs CPU and GPU GPTQ on one problem for every configuration in `cfgs`.
+fn compare(g: &Gpu, case: &Case, cfgs: &[GptqConfig], seed: u64) {
+    let Case { n, k, t } = *case;
+    let x = activations(t, k, seed);
+    let w = values(seed + 9, n * k);
+    let mut hc = Hessian::new(k);
+    hc.add(&x).unwrap();
+    let h = hc.hessian().unwrap();
+    let gram = hc.gram().unwrap();
+    let gg = GptqGpu::new(g).unwrap();
+
+    // The GPU Hessian (two batches) against the CPU's.
+    let mut hg = GpuHessian::new(&gg, k).unwrap();
+    hg.add(&gg, &x[..(t / 3) * k]).unwrap();
+    hg.add(&gg, &x[(t / 3) * k..]).unwrap();
+    assert_eq!(hg.tokens(), t as u64);
+    let h_gpu = g.download(&hg.hessian(&gg).unwrap()).unwrap();
+    let hmax = h.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = h.iter().zip(&h_gpu).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max);
+    assert!(worst <= 1e-5 * hmax, "Hessian differs by {worst} (max |H| {hmax})");
+
+    for cfg in cfgs {
+        let what = format!(
+            "n={n} k={k} group={:?} sym={} act_order={}",
+            cfg.rtn.group_size, cfg.rtn.symmetric, cfg.act_order
+        );
+        let cpu = cpu_gptq(&w, n, k, &h, cfg).unwrap();
+        let f = GpuFactor::from_host(&gg, &h, k, cfg).unwrap();
+        assert_eq!(f.damp(), cpu.damp, "{what}: dampening");
+        let (gpu, _) = gptq_quantize(&gg, &w, n, k, &f, cfg).unwrap();
+        assert_eq!(gpu.fallback, cpu.fallback, "{what}");
+        assert_eq!(gpu.q.scales, cpu.q.scales, "{what}: scales");
+        assert_eq!(gpu.q.zeros, cpu.q.zeros, "{what}: zeros");
+        assert_eq!(gpu.q.g_idx, cpu.q.g_idx, "{what}: g_idx");
+        let same = gpu.q.codes.iter().zip(&cpu.q.codes).filter(|(a, b)| a == b).count();
+        let frac = same as f64 / (n * k) as f64;
+        let e_cpu = output_error(&w, &dequantize(&cpu.q).unwrap(), n, k, &gram).unwrap();
+        let e_gpu = output_error(&w, &dequantize(&gpu.q).unwrap(), n, k, &gram).unwrap();
+        let rel = (e_gpu - e_cpu).abs() / e_cpu;
+        println!(
+            "{what}: codes identical {:.5}, output error cpu {e_cpu:.6e} gpu {e_gpu:.6e} (rel {rel:.1e}), loss cpu {:.4e} gpu {:.4e}",
+            frac, cpu.loss, gpu.loss
+        );
+        assert!(frac >= 0.999, "{what}: only {frac} of the codes agree");
+        assert!(rel <= 1e-3, "{what}: output error {e_gpu} vs CPU {e_cpu}");
+        assert!((gpu.loss - cpu.loss).abs() <= 1e-3 * cpu.loss.max(1e-30), "{what}: loss");
+    }
+}
+
+#[test]
+fn gptq_gpu_matches_cpu_for_groups_symmetry_and_act_order() {
+    let Some(g) = gpu() else { return };
+    let mut cfgs = Vec::new();
+    for act_order in [false, true] {
+        for group in [32, 64, 128, -1] {
+            for sym in [true, false] {
+                cfgs.push(config(group, sym, act_order));
+            }
+        }
+    }
+    compare(&g, &Case { n: 96, k: 256, t: 1024 }, &cfgs, 1);
+}
+
+#[test]
+fn gptq_gpu_matches_cpu_on_ragged_blocks() {
+    // K = 1000: the last lazy block (104 columns) and the last Cholesky block (40) are partial.
+    let Some(g) = gpu() else { return };
+    let cfgs = [config(-1, false, true), config(-1, true, false), config(8, false, true)];
+    compare(&g, &Case { n: 200, k: 1000, t: 2048 }, &cfgs, 2);
+}
+
+#[test]
+fn gptq_gpu_matches_cpu_at_a_model_like_shape() {
+    let Some(g) = gpu() else { return };
+    let cfgs = [config(128, false, true), config(128, true, true)];
+    compare(&g, &Case { n: 512, k: 2048, t: 4096 }, &cfgs, 3);
+}
+
+#[test]
+fn gptq_gpu_falls_back_to_rtn_like_cpu_on_an_indefinite_hessian() {
+    let Some(g) = gpu() else { return };
+    let (n, k) = (8, 64);
+    let mut h = vec![0.0f64; k * k];
+    for i in 0..k {
+        h[i * k + i] = if i == 10 { -50.0 } else { 1.0 };
+    }
+    let w = values(7, n * k);
+    let cfg = config(32, false, true);
+    let cpu = cpu_gptq(&w, n, k, &h, &cfg).unwrap();
+    let gg = GptqGpu::new(&g).unwrap();
+    let f = GpuFactor::from_host(&gg, &h, k, &cfg).unwrap();
+    let (gpu, _) = gptq_quantize(&gg, &w, n, k, &f, &cfg).unwrap();
+    assert!(cpu.fallback.is_some());
+    assert_eq!(gpu, cpu);
+}
+
+#[test]
+fn gptq_gpu_refuses_dynamic_groups_and_wide_blocks() {
+    let Some(g) = gpu() else { return };
+    let gg = GptqGpu::new(&g).unwrap();
+    let h: Vec<f64> = (0..64 * 64).map(|i| if i % 65 == 0 { 1.0 } else { 0.0 }).collect();
+    let mut cfg = config(32, false, false);
+    cfg.static_groups = false;
+    assert!(matches!(GpuFactor::from_host(&gg, &h, 64, &cfg), Err(KernelError::Unsupported(_))));
+    let mut cfg = config(32, false, false);
+    cfg.block_size = 256;
+    assert!(matches!(GpuFactor::from_host(&gg, &h, 64, &cfg), Err(KernelError::Unsupported(_))));
+    assert!(matches!(
+        GpuFactor::from_host(&gg, &h[..100], 64, &config(32, false, false)),
+        Err(KernelError::Shape(_))
+    ));
+}
