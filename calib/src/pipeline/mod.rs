@@ -48,6 +48,9 @@ pub enum PipelineError {
     Layer { layer: String, source: PtqError },
     #[error("{layer}: {source}")]
     Int { layer: String, source: IntError },
+    /// The GPU GPTQ path failed (or `--device cuda` found no usable GPU: `layer` is empty).
+    #[error("{}{source}", if layer.is_empty() { String::new() } else { format!("{layer}: ") })]
+    Gpu { layer: String, source: qtool_kernels::KernelError },
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error("calibration state {}: {msg}", path.display())]
@@ -89,6 +92,16 @@ pub struct Options {
     pub output: PathBuf,
     /// Continue from the state of an interrupted run with the same settings.
     pub resume: bool,
+}
+
+/// Where GPTQ's solve runs (`--device`); the block forward pass always runs on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The GPU when one is usable, else the CPU (with one line on stderr).
+    Auto,
+    Cpu,
+    /// The GPU; no usable GPU is an error.
+    Cuda,
 }
 
 /// What a finished run leaves for the writer.
@@ -189,6 +202,17 @@ pub fn run(
     opts: &Options,
     progress: &mut dyn FnMut(&BlockDone<'_>) -> ControlFlow<()>,
 ) -> Result<Outcome, PipelineError> {
+    run_on(model, plan, opts, Device::Auto, progress)
+}
+
+/// [`run`] with the GPTQ solve placed on `device`.
+pub fn run_on(
+    model: &Model,
+    plan: &QuantizePlan,
+    opts: &Options,
+    device: Device,
+    progress: &mut dyn FnMut(&BlockDone<'_>) -> ControlFlow<()>,
+) -> Result<Outcome, PipelineError> {
     let settings = plan.int.ok_or_else(|| {
         PipelineError::Usage(format!(
             "--method {} applies to the integer weight-only formats (w4a16, w8a16), not {}",
@@ -199,6 +223,10 @@ pub fn run(
     if !(opts.damp > 0.0 && opts.damp < 1.0) {
         return Err(PipelineError::Usage(format!("--damp {} must be in (0, 1)", opts.damp)));
     }
+    let gpu = match opts.method {
+        Method::Gptq => gptq_block::open_gpu(device)?,
+        Method::Awq => None,
+    };
     let cfg = model.config().clone();
     let tok = Tokenizer::for_model(model)?;
     let calib = calibration::build(&tok, &opts.calib)?;
@@ -278,7 +306,15 @@ pub fn run(
             let (stats, held) = capture(&block, &hidden, n_calib, &positions)?;
             logs = match opts.method {
                 Method::Gptq => gptq_block::quantize(
-                    &mut block, &targets, &stats, &held, plan, &settings, opts, &store,
+                    &mut block,
+                    &targets,
+                    &stats,
+                    &held,
+                    plan,
+                    &settings,
+                    opts,
+                    &store,
+                    gpu.as_ref(),
                 )?,
                 Method::Awq => awq_block::quantize(
                     &mut block, &targets, &stats, &held, plan, &settings, &store,
