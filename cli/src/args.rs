@@ -180,6 +180,11 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub resume: bool,
 
+    /// gptq: where the GPTQ solve runs: auto (the GPU when one is usable, else the CPU), cuda
+    /// (no usable GPU is an error) or cpu. The block forward pass runs on the CPU either way.
+    #[arg(long, value_name = "DEV", default_value = "auto", value_parser = ["auto", "cuda", "cpu"])]
+    pub device: String,
+
     /// w4a16/w8a16: columns per scale (32, 64, 128, ... or -1 for one per output channel;
     /// default 128).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]

@@ -116,6 +116,19 @@ extern "C" __global__ void upper_from_inverse(const double* __restrict__ x, floa
     }
 }
 
+// wp[r][j] = w[r][perm[j]], or 0 where that input column is dead: the weight in visiting order.
+extern "C" __global__ void permute_cols(const float* __restrict__ w, const int* __restrict__ perm,
+                                        const u8* __restrict__ dead, float* __restrict__ wp, int n,
+                                        int k) {
+    u64 total = (u64)n * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        u64 r = i / k;
+        int c = perm[i % k];
+        wp[i] = dead[c] ? 0.0f : w[r * k + c];
+    }
+}
+
 #define GPTQ_BS 128
 #define GPTQ_WARPS 8
 

@@ -4,7 +4,11 @@
 //! `cargo run --release -p qtool-kernels --example bench_fp8 [-- --reps N] [-- --skip-big]`
 //! Weights are random bytes of each format (speed does not depend on the values; correctness is
 //! what `tests/gpu_ops.rs` checks). Times are CUDA-event medians of one call, including the
-//! activation quantization / dequant passes each operation runs, excluding host copies.
+//! activation quantization / dequant passes each operation runs, excluding host copies. FP8
+//! rows at 8192³ come in pairs: `gemm` = the GEMM alone on FP8 activations quantized before
+//! (as runtimes run it when the previous op emits FP8), `+quant` = including the activation
+//! quantization. The BF16 baseline is the faster of cuBLAS GemmEx and cuBLASLt autotuned over
+//! the same candidate search the FP8 plans get (`QTOOL_LT_EXHAUSTIVE=0`: heuristic top-32 only).
 
 use half::{bf16, f16};
 use qtool_kernels::fp8::Fp8Out;

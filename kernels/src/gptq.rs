@@ -422,8 +422,10 @@ fn upper_of_inverse(g: &GptqGpu<'_>, m: &CudaSlice<f64>, k: usize) -> KResult<Cu
 /// Wall times of one [`gptq_quantize`] call, for the benchmark.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GptqTimes {
-    /// Host preparation: permutation, group parameters, upload.
+    /// Preparation: group parameters (host), upload, permutation (device).
     pub prepare_s: f64,
+    /// The host group-parameter part of `prepare_s`.
+    pub params_s: f64,
     /// The column loop on the GPU (kernels + lazy-update GEMMs), synchronized.
     pub loop_s: f64,
     /// Download and assembly of the result.
@@ -463,36 +465,60 @@ pub fn gptq_quantize(
     };
     let (ni, ki) = (dim(n, "N")?, dim(k, "K")?);
     dim(n * k, "N·K")?;
-    // Dead columns zeroed (per-channel parameters are taken before, as the CPU does).
-    let mut wo = w.to_vec();
-    for (c, _) in f.dead.iter().enumerate().filter(|(_, d)| **d) {
-        for row in 0..n {
-            wo[row * k + c] = 0.0;
-        }
-    }
-    let params_src = match cfg.rtn.group_size {
-        GroupSize::PerChannel => w,
-        GroupSize::Size(_) => &wo,
-    };
-    let params =
-        quantize_for_storage(params_src, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
+    let gpu = g.gpu;
     let gcol: Vec<i32> = match cfg.rtn.group_size {
         GroupSize::PerChannel => vec![0; k],
         GroupSize::Size(gs) => f.perm.iter().map(|&c| (c / gs) as i32).collect(),
     };
-    let mut wp = vec![0.0f32; n * k];
-    for row in 0..n {
-        let (src, dst) = (&wo[row * k..(row + 1) * k], &mut wp[row * k..(row + 1) * k]);
-        for (d, &c) in dst.iter_mut().zip(&f.perm) {
-            *d = src[c];
-        }
-    }
-    drop(wo);
-    let gpu = g.gpu;
-    let mut wd = gpu.upload(&wp)?;
-    drop(wp);
-    let perm_i: Vec<i32> = f.perm.iter().map(|&p| p as i32).collect();
-    let perm_d = gpu.upload(&perm_i)?;
+    // The host computes the group parameters while the weight uploads and is permuted on the
+    // device.
+    let (params, dev) = std::thread::scope(|scope| {
+        let host = scope.spawn(|| -> KResult<(QuantizedInt, f64)> {
+            let t_params = Instant::now();
+            // Group parameters by the CPU's own RTN code: per-channel from the weight as given,
+            // static groups from the weight with dead columns zeroed (as the CPU reference).
+            let any_dead = f.dead.iter().any(|&d| d);
+            let zeroed;
+            let params_src: &[f32] = match cfg.rtn.group_size {
+                GroupSize::Size(_) if any_dead => {
+                    let mut wo = w.to_vec();
+                    for row in wo.chunks_exact_mut(k) {
+                        for (v, _) in row.iter_mut().zip(&f.dead).filter(|(_, d)| **d) {
+                            *v = 0.0;
+                        }
+                    }
+                    zeroed = wo;
+                    &zeroed
+                }
+                _ => w,
+            };
+            let params = quantize_for_storage(params_src, n, k, &cfg.rtn, None, cfg.scale_dtype)
+                .map_err(int_err)?;
+            let params_s = t_params.elapsed().as_secs_f64();
+            Ok((params, params_s))
+        });
+        let dev = (|| -> KResult<_> {
+            let perm_i: Vec<i32> = f.perm.iter().map(|&p| p as i32).collect();
+            let perm_d = gpu.upload(&perm_i)?;
+            let dead_d = gpu.upload(&f.dead.iter().map(|&d| d as u8).collect::<Vec<u8>>())?;
+            // The weight in visiting order, dead columns zeroed, built on the device.
+            let mut wd = gpu.zeros::<f32>(n * k)?;
+            {
+                let w_orig = gpu.upload(w)?;
+                let f_perm = gpu.function(&SRC, "permute_cols")?;
+                let mut b = gpu.stream().launch_builder(&f_perm);
+                b.arg(&w_orig).arg(&perm_d).arg(&dead_d).arg(&mut wd).arg(&ni).arg(&ki);
+                let cfg_l = config(GptqGpu::ew_grid(n * k)?, (EW_THREADS, 1, 1), 0);
+                launch(gpu, &f_perm, "permute_cols", b, cfg_l)?;
+            }
+            Ok((perm_d, wd))
+        })();
+        let host = host.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (host, dev)
+    });
+    let (params, params_s) = params?;
+    times.params_s = params_s;
+    let (perm_d, mut wd) = dev?;
     let gcol_d = gpu.upload(&gcol)?;
     let scales_d = gpu.upload(&params.scales)?;
     let zeros_d = gpu.upload(&params.zeros)?;

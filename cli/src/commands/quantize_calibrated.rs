@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use qtool_calib::calibration::{CalibSource, CalibSpec};
 use qtool_calib::engine::Model;
-use qtool_calib::pipeline::{self, log_path, CalibLog, Method, Options, Store};
+use qtool_calib::pipeline::{self, log_path, CalibLog, Device, Method, Options, Store};
 use qtool_formats::conventions::{detect_scheme, Scheme as Detected};
 use qtool_formats::Checkpoint;
 use qtool_quantizers::export::repack::{self, Target};
@@ -71,6 +71,8 @@ fn calibration_flag(args: &QuantizeArgs) -> Option<&'static str> {
         Some("--act-order")
     } else if args.resume {
         Some("--resume")
+    } else if args.device != "auto" {
+        Some("--device")
     } else {
         None
     }
@@ -84,6 +86,9 @@ fn run(args: &QuantizeArgs, method: Method, out: &Output) -> anyhow::Result<Exit
     })?;
     if method == Method::Awq && (args.act_order || args.damp != 0.01) {
         bail!("--act-order and --damp apply to --method gptq");
+    }
+    if method == Method::Awq && args.device != "auto" {
+        bail!("--device applies to --method gptq (AWQ runs on the CPU)");
     }
     let (layout, marlin) = match args.layout.as_deref() {
         Some("marlin") => (Layout::Gptq, true),
@@ -152,7 +157,12 @@ fn run(args: &QuantizeArgs, method: Method, out: &Output) -> anyhow::Result<Exit
     };
     let bar = count_bar(out, method.name());
     bar.set_length(model.config().n_layers as u64);
-    let outcome = pipeline::run(&model, &plan, &opts, &mut |b| {
+    let device = match args.device.as_str() {
+        "cuda" => Device::Cuda,
+        "cpu" => Device::Cpu,
+        _ => Device::Auto,
+    };
+    let outcome = pipeline::run_on(&model, &plan, &opts, device, &mut |b| {
         let (rtn, m) = b.layers.iter().fold((0.0, 0.0), |(r, m), l| (r + l.rtn_error, m + l.error));
         bar.set_position(b.block as u64 + 1);
         bar.set_message(format!(
