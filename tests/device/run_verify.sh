@@ -140,6 +140,15 @@ if [ -n "${SMOL_GGUF:-}" ] && [ -f "$SMOL_GGUF" ]; then
   mk "$Q" convert "$SMOL_GGUF" -o "$W/smol_hf" --dtype f16
   mk "$Q" convert "$W/smol_hf" -o "$W/smol_q4_k_m.gguf" --fmt q4_k_m
   verify smol_q4_k_m 0 "$W/smol_q4_k_m.gguf" "" --ref "$W/smol_hf"
+  # Calibrated and float layouts of the real model (576-wide rows: no Marlin, k % 128 != 0).
+  mk "$Q" quantize "$W/smol_hf" -o "$W/smol_gptq" --fmt w4a16 --method gptq --act-order --group-size 64 --layout gptq --calib-samples 16 --calib-seqlen 256
+  verify smol_gptq_actorder 0 "$W/smol_gptq" "" --ref "$W/smol_hf"
+  mk "$Q" quantize "$W/smol_hf" -o "$W/smol_awq" --fmt w4a16 --method awq --group-size 64 --layout awq --calib-samples 16 --calib-seqlen 256
+  verify smol_awq 0 "$W/smol_awq" "" --ref "$W/smol_hf"
+  mk "$Q" quantize "$W/smol_hf" -o "$W/smol_nvfp4" --fmt nvfp4
+  verify smol_nvfp4_ct 0 "$W/smol_nvfp4" "" --ref "$W/smol_hf"
+  mk "$Q" quantize "$W/smol_hf" -o "$W/smol_fp8" --fmt fp8_e4m3fn_scaled --layout compressed-tensors
+  verify smol_fp8_ct 0 "$W/smol_fp8" "" --ref "$W/smol_hf"
 fi
 
 echo "== table of one run (marlin)"

@@ -17,6 +17,7 @@
 
 pub mod act_quant;
 pub mod activations;
+pub mod awq_fold;
 pub mod corrupt;
 pub mod discover;
 pub mod error;

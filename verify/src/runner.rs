@@ -29,7 +29,7 @@ use crate::gemm::gemm_xwt;
 use crate::metrics::{compare, kernel_error};
 use crate::reference::Reference;
 use crate::report::{BatchResult, LayerReport, RefResult, Status};
-use crate::tolerance::{kernel_for, ref_limit, Tolerance, REF_RATIO};
+use crate::tolerance::{kernel_for, ref_limit, ref_ratio, Tolerance};
 
 /// A kernel's output and its median time.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,8 +147,14 @@ pub fn verify_layer(
         None => None,
         Some(cx) => {
             let w_ref = cx.reference.weight(layer, cx.candidate)?;
+            let (w_ref, note) = match &layer.format {
+                LayerFormat::Int { family: IntFamily::Awq, .. } => {
+                    crate::awq_fold::align(&w_ref, &w, layer.n, layer.k)
+                }
+                _ => (w_ref, None),
+            };
             let w_q = requantize(&layer.format, zeros_of(layer), &w_ref, layer.n, layer.k);
-            Some((w_ref, w_q))
+            Some((w_ref, w_q, note))
         }
     };
     let (n, k) = (layer.n, layer.k);
@@ -203,7 +209,7 @@ pub fn verify_layer(
                 }
             }
         }
-        if let Some((w_ref, w_q)) = &refs {
+        if let Some((w_ref, w_q, fold_note)) = &refs {
             let y_ref = gemm_xwt(&x, w_ref, m, n, k);
             // The bytes are judged on the unquantized activations, like the expected error.
             let y_bytes = match &xk {
@@ -215,7 +221,7 @@ pub fn verify_layer(
             let r = match w_q {
                 Ok(q) => {
                     let expected = compare(&gemm_xwt(&x, q, m, n, k), &y_ref).rel_fro;
-                    let limit = ref_limit(expected);
+                    let limit = ref_limit(&layer.format, expected);
                     // The bytes are judged by the CPU dequantization; the kernel's distance to
                     // REF adds only its own arithmetic (activation quantization for FP8), which
                     // the kernel check bounds, so it is reported, not judged twice.
@@ -227,7 +233,7 @@ pub fn verify_layer(
                                 "m={m}: error vs REF {} > limit {} ({}× the {} expected for this scheme)",
                                 fmt(cpu_rel),
                                 fmt(limit),
-                                REF_RATIO,
+                                ref_ratio(&layer.format),
                                 fmt(expected)
                             )
                         });
@@ -238,7 +244,7 @@ pub fn verify_layer(
                         kernel_rel,
                         limit: Some(limit),
                         pass,
-                        note: None,
+                        note: fold_note.clone(),
                     }
                 }
                 // No yardstick: report the errors, judge nothing.

@@ -194,7 +194,21 @@ pub fn quantize(
         |(r, (prow, srow))| {
             let mut block = [0.0f32; BLOCK];
             let mut codes = [0u8; BLOCK];
-            for (b, scale) in srow.iter_mut().enumerate() {
+            // ComfyUI's whole blocks (every block but a padded tail) take the vectorized row
+            // kernel; it computes the same bytes as `BlockRule::block` (tested below).
+            let mut first = 0;
+            if let (BlockRule::Comfy { ts }, true) = (rule, r < rows) {
+                if ts != 0.0 {
+                    first = cols / BLOCK;
+                    comfy_row(
+                        &x[r * cols..][..first * BLOCK],
+                        ts,
+                        &mut prow[..first * BLOCK / 2],
+                        &mut srow[..first],
+                    );
+                }
+            }
+            for (b, scale) in srow.iter_mut().enumerate().skip(first) {
                 let c0 = b * BLOCK;
                 if r < rows && c0 + BLOCK <= cols {
                     block.copy_from_slice(&x[r * cols + c0..][..BLOCK]);
@@ -233,6 +247,142 @@ pub fn quantize(
         block_scales_shape,
         global_scale,
     })
+}
+
+/// ComfyUI's arithmetic (`BlockRule::Comfy` with `ts != 0`, even→high nibbles) over a row of
+/// whole blocks: `x.len() == 16·srow.len() == 2·prow.len()`.
+///
+/// The same source is compiled twice, once with AVX2 (picked at run time) and once for the
+/// baseline target; every operation in it is an exact IEEE operation (division, comparison,
+/// bit logic), so the vector and scalar builds give the same bytes — the division stays a
+/// division, as the producers write it.
+fn comfy_row(x: &[f32], ts: f32, prow: &mut [u8], srow: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { comfy_row_avx2(x, ts, prow, srow) };
+        return;
+    }
+    comfy_row_body(x, ts, prow, srow);
+}
+
+/// [`comfy_row_body`] with the block amax and the element loop in AVX2 intrinsics (LLVM leaves
+/// the amax reduction and the nibble pairing scalar). The scale arithmetic is the same scalar
+/// code; the element steps are the same IEEE operations lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn comfy_row_avx2(x: &[f32], ts: f32, prow: &mut [u8], srow: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let abs_mask = _mm256_set1_epi32(0x7FFF_FFFF);
+    let inf_bits = _mm256_set1_epi32(0x7F80_0000);
+    // Magnitude boundaries: `>` for ties that go down, `>=` for ties that go up (e2m1.rs).
+    let (b1, b2, b3) = (_mm256_set1_ps(0.25), _mm256_set1_ps(0.75), _mm256_set1_ps(1.25));
+    let (b4, b5, b6) = (_mm256_set1_ps(1.75), _mm256_set1_ps(2.5), _mm256_set1_ps(3.5));
+    let b7 = _mm256_set1_ps(5.0);
+    // `16·even + odd` in each 16-bit pair: the even→high byte.
+    let pair = _mm256_set1_epi32(0x0001_0010);
+    let pick = _mm256_setr_epi8(
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, //
+        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let blocks = x.chunks_exact(BLOCK).zip(prow.chunks_exact_mut(BLOCK / 2));
+    for ((xb, pb), scale) in blocks.zip(srow.iter_mut()) {
+        // SAFETY (all loads/stores): `xb` has 16 f32 and `pb` 8 bytes (chunks_exact).
+        let (v0, v1) =
+            unsafe { (_mm256_loadu_ps(xb.as_ptr()), _mm256_loadu_ps(xb.as_ptr().add(8))) };
+        // Finite amax on the bit patterns, as `block_amax`.
+        let finite = |v: __m256| {
+            let b = _mm256_and_si256(_mm256_castps_si256(v), abs_mask);
+            _mm256_and_si256(b, _mm256_cmpgt_epi32(inf_bits, b))
+        };
+        let m = _mm256_max_epu32(finite(v0), finite(v1));
+        let m = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+        let m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0b01_00_11_10));
+        let m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0b10_11_00_01));
+        let amax = f32::from_bits(_mm_cvtsi128_si32(m) as u32);
+        let bs = ((amax / 6.0) / ts).min(448.0);
+        let code = E4M3.encode(bs, Overflow::Saturate);
+        *scale = code;
+        let total = ts * E4M3.decode(code);
+        if total == 0.0 {
+            pb.copy_from_slice(&[0; BLOCK / 2]);
+            continue;
+        }
+        let t = _mm256_set1_ps(total);
+        let codes = |v: __m256| {
+            let q = _mm256_div_ps(v, t);
+            let a = _mm256_and_ps(q, _mm256_castsi256_ps(abs_mask));
+            let gt = |b| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b));
+            let ge = |b| _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(a, b));
+            // Each true comparison is -1: subtracting counts the boundaries below `a`.
+            let n = _mm256_add_epi32(_mm256_add_epi32(gt(b1), ge(b2)), gt(b3));
+            let n = _mm256_add_epi32(_mm256_add_epi32(n, ge(b4)), gt(b5));
+            let n = _mm256_add_epi32(_mm256_add_epi32(n, ge(b6)), gt(b7));
+            let mag = _mm256_sub_epi32(_mm256_setzero_si256(), n);
+            let sign = _mm256_slli_epi32::<3>(_mm256_srli_epi32::<31>(_mm256_castps_si256(q)));
+            _mm256_or_si256(sign, mag)
+        };
+        // 16 codes as i16, in element order: packus interleaves 128-bit lanes, permute undoes it.
+        let c16 = _mm256_packus_epi32(codes(v0), codes(v1));
+        let c16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(c16);
+        // Pairs → `16·c[2i] + c[2i+1]` in 8 i32 lanes; take the low byte of each.
+        let bytes = _mm256_shuffle_epi8(_mm256_madd_epi16(c16, pair), pick);
+        let packed =
+            _mm_unpacklo_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1));
+        unsafe { _mm_storel_epi64(pb.as_mut_ptr().cast(), packed) };
+    }
+}
+
+#[inline(always)]
+fn comfy_row_body(x: &[f32], ts: f32, prow: &mut [u8], srow: &mut [u8]) {
+    let blocks = x.chunks_exact(BLOCK).zip(prow.chunks_exact_mut(BLOCK / 2));
+    for ((xb, pb), scale) in blocks.zip(srow.iter_mut()) {
+        let Ok(xb) = <&[f32; BLOCK]>::try_from(xb) else { continue };
+        let bs = ((block_amax(xb) / 6.0) / ts).min(448.0);
+        let code = E4M3.encode(bs, Overflow::Saturate);
+        *scale = code;
+        let total = ts * E4M3.decode(code);
+        let bytes = if total == 0.0 { [0; BLOCK / 2] } else { e2m1_even_high(xb, total) };
+        pb.copy_from_slice(&bytes);
+    }
+}
+
+/// [`finite_amax`] of one block on the bit patterns (non-negative floats order like their
+/// bits; NaN and ±inf count as 0), so it is a vector `max`.
+#[inline(always)]
+fn block_amax(xb: &[f32; BLOCK]) -> f32 {
+    let mut m = 0u32;
+    for &v in xb {
+        let b = v.to_bits() & 0x7FFF_FFFF;
+        m = m.max(if b < 0x7F80_0000 { b } else { 0 });
+    }
+    f32::from_bits(m)
+}
+
+/// `e2m1::encode(clamp_sym(v / total, 6))` for the 16 elements, packed even→high. The clamp
+/// is left out: it changes no code (beyond ±5 the magnitude is 7 either way, and the sign is
+/// kept). Computed in 32-bit lanes so that it vectorizes.
+#[inline(always)]
+fn e2m1_even_high(xb: &[f32; BLOCK], total: f32) -> [u8; BLOCK / 2] {
+    let mut c = [0u32; BLOCK];
+    for (o, &v) in c.iter_mut().zip(xb) {
+        let b = (v / total).to_bits();
+        let a = f32::from_bits(b & 0x7FFF_FFFF);
+        // The comparisons of `e2m1::magnitude`: ties to the even code.
+        let mag = u32::from(a > 0.25)
+            + u32::from(a >= 0.75)
+            + u32::from(a > 1.25)
+            + u32::from(a >= 1.75)
+            + u32::from(a > 2.5)
+            + u32::from(a >= 3.5)
+            + u32::from(a > 5.0);
+        *o = ((b >> 31) << 3) | mag;
+    }
+    let mut out = [0u8; BLOCK / 2];
+    for (o, p) in out.iter_mut().zip(c.chunks_exact(2)) {
+        *o = ((p[0] << 4) | p[1]) as u8;
+    }
+    out
 }
 
 fn fill(block: &mut [f32; BLOCK], f: impl Fn(usize) -> f32) {
@@ -485,6 +635,117 @@ mod tests {
         assert_eq!(&q.packed[..4], &[0xD7, 0x82, 0x62, 0x00]);
         assert_eq!(q.packed_shape, [1, 16]);
         assert_eq!(q.block_scales_shape, [1, 2]);
+    }
+
+    /// Blocks that stress every branch of the ComfyUI arithmetic: exact E2M1 ties and their
+    /// neighbours, signed zeros, f32 subnormals, NaN/±inf (the allow-non-finite policy),
+    /// scales that clamp at 448 or round to E4M3 zero, and random values.
+    fn adversarial_blocks() -> Vec<[f32; BLOCK]> {
+        let ties = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0];
+        let mut out = vec![[0.0; BLOCK], [-0.0; BLOCK]];
+        for e in [-12i32, -9, -3, 0, 1, 5, 8, 20] {
+            let p = 2f32.powi(e);
+            for nudge in [0i32, -1, 1] {
+                let mut b = [0.0f32; BLOCK];
+                b[0] = 6.0 * p; // block amax 6·2^e: scale 2^e, exact in E4M3 for e in [-9, 8]
+                for (i, t) in ties.iter().enumerate() {
+                    let v = f32::from_bits(((t * p).to_bits() as i32 + nudge) as u32);
+                    b[1 + i] = v;
+                    b[8 + i] = -v;
+                }
+                b[15] = -6.0 * p;
+                out.push(b);
+            }
+        }
+        let mut sub = [0.0f32; BLOCK];
+        for (i, v) in sub.iter_mut().enumerate() {
+            *v = f32::from_bits(1 + 997 * i as u32) * if i % 2 == 0 { 1.0 } else { -1.0 };
+        }
+        out.push(sub);
+        let mut special = [1.0f32; BLOCK];
+        special[..6].copy_from_slice(&[
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            3.0,
+        ]);
+        out.push(special);
+        let mut nan_only = [f32::NAN; BLOCK];
+        nan_only[3] = f32::NEG_INFINITY;
+        out.push(nan_only);
+        out.push([f32::MAX; BLOCK]);
+        let mut mixed = [f32::MAX; BLOCK];
+        mixed[1] = -f32::MAX;
+        mixed[2] = 1e-3;
+        out.push(mixed);
+        for seed in 0..64 {
+            let w = sample(1, BLOCK, seed);
+            let scale = 2f32.powi(seed as i32 % 40 - 20);
+            out.push(std::array::from_fn(|i| w[i] * scale));
+        }
+        out
+    }
+
+    #[test]
+    fn comfy_row_kernel_equals_the_block_rule_bit_for_bit() {
+        let blocks = adversarial_blocks();
+        let x: Vec<f32> = blocks.iter().flatten().copied().collect();
+        let n = blocks.len();
+        let bf = ComputeDType::BF16;
+        for ts in
+            [1.0f32, 0.5, 3.0 / 1024.0, bf.round(0.0123), 1e-30, 7.0, 448.0, f32::MIN_POSITIVE]
+        {
+            // The reference: `BlockRule::block`, then even→high packing.
+            let (mut want_p, mut want_s) = (vec![0u8; n * 8], vec![0u8; n]);
+            for (b, blk) in blocks.iter().enumerate() {
+                let mut codes = [0u8; BLOCK];
+                want_s[b] = BlockRule::Comfy { ts }.block(blk, &mut codes);
+                for (i, p) in codes.chunks_exact(2).enumerate() {
+                    want_p[b * 8 + i] = (p[0] << 4) | p[1];
+                }
+            }
+            // The dispatched kernel (AVX2 where the CPU has it) and the baseline build.
+            let (mut p, mut s) = (vec![0u8; n * 8], vec![0u8; n]);
+            comfy_row(&x, ts, &mut p, &mut s);
+            assert_eq!(s, want_s, "dispatched scales, ts {ts:e}");
+            assert_eq!(p, want_p, "dispatched codes, ts {ts:e}");
+            let (mut p, mut s) = (vec![0u8; n * 8], vec![0u8; n]);
+            comfy_row_body(&x, ts, &mut p, &mut s);
+            assert_eq!(s, want_s, "baseline scales, ts {ts:e}");
+            assert_eq!(p, want_p, "baseline codes, ts {ts:e}");
+        }
+    }
+
+    #[test]
+    fn comfy_quantize_with_a_padded_tail_equals_the_block_rule() {
+        // cols = 16·3 + 5: three whole blocks per row take the row kernel, the tail the
+        // per-block path; rows 0..7 of 16 are real.
+        let (rows, cols) = (7, 53);
+        let w = sample(rows, cols, 5);
+        let m = Matrix::new(&w, rows, cols).unwrap();
+        let q = quantize(&m, Producer::Comfy, &Options::default()).unwrap();
+        let ts = q.global_scale;
+        let scales = swizzle::from_blocked(&q.block_scales, 16, 4).unwrap();
+        for r in 0..16 {
+            for b in 0..4 {
+                let blk: [f32; BLOCK] = std::array::from_fn(|i| {
+                    let c = b * BLOCK + i;
+                    if r < rows && c < cols {
+                        w[r * cols + c]
+                    } else {
+                        0.0
+                    }
+                });
+                let mut codes = [0u8; BLOCK];
+                let code = BlockRule::Comfy { ts }.block(&blk, &mut codes);
+                assert_eq!(scales[r * 4 + b], code, "scale ({r}, {b})");
+                for (i, p) in codes.chunks_exact(2).enumerate() {
+                    assert_eq!(q.packed[r * 32 + b * 8 + i], (p[0] << 4) | p[1], "({r}, {b}, {i})");
+                }
+            }
+        }
     }
 
     #[test]

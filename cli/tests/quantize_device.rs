@@ -1,0 +1,166 @@
+//! `qtool quantize --method gptq --device auto|cuda|cpu`: where GPTQ's solve runs. Without a
+//! usable GPU `--device cuda` is an exit-2 error naming the reason and `auto` falls back to the
+//! CPU (saying so on stderr); with one, the GPU and CPU runs agree on every layer's error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{run, stderr};
+use serde_json::Value;
+
+/// The fixture copied with a byte-level BPE tokenizer.json (no merges: one token per byte,
+/// ids 0..255 in GPT-2's byte alphabet), which the calibrated path needs.
+fn tiny_with_tokenizer(dir: &Path) -> PathBuf {
+    let d = dir.join("tiny");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::fixture("tiny-llama").join(f), d.join(f)).unwrap();
+    }
+    let mut bs: Vec<u32> =
+        (u32::from(b'!')..=u32::from(b'~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let vocab: serde_json::Map<String, Value> = bs
+        .iter()
+        .zip(&cs)
+        .map(|(&b, &c)| (char::from_u32(c).unwrap().to_string(), serde_json::json!(b)))
+        .collect();
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false
+    });
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    std::fs::write(d.join("tokenizer.json"), tok.to_string()).unwrap();
+    d
+}
+
+/// `qtool quantize` of the tiny model with `extra` flags; returns the process and the log path.
+fn quantize(dir: &Path, tiny: &Path, tag: &str, extra: &[&str]) -> (Output, PathBuf) {
+    let calib = dir.join("calib.txt");
+    let text = "Sphinx of black quartz, judge my vow; pack my box with five dozen liquor jugs.\n";
+    std::fs::write(&calib, text.repeat(60)).unwrap();
+    let out = dir.join(format!("out-{tag}"));
+    let mut args = vec![
+        "quantize",
+        tiny.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--fmt",
+        "w4a16",
+        "--group-size",
+        "32",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-samples",
+        "16",
+        "--calib-seqlen",
+        "64",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    (o, dir.join(format!("out-{tag}.calib.json")))
+}
+
+fn gpu_present() -> bool {
+    qtool_kernels::Gpu::open(0).is_ok()
+}
+
+fn layer_errors(log: &Path) -> Vec<(String, f64)> {
+    let v: Value = serde_json::from_slice(&std::fs::read(log).unwrap()).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap().to_owned(), l["error"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn device_cuda_without_gpu_is_a_usage_error_and_auto_falls_back() {
+    if gpu_present() {
+        println!("skipped: a GPU is present (this test covers the machine without one)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_with_tokenizer(dir.path());
+    let (o, _) = quantize(dir.path(), &tiny, "cuda", &["--method", "gptq", "--device", "cuda"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("--device cuda") && err.contains("no usable GPU"), "{err}");
+    let (o, log) = quantize(dir.path(), &tiny, "auto", &["--method", "gptq"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("GPTQ runs on the CPU"), "{}", stderr(&o));
+    let (o, log_cpu) = quantize(dir.path(), &tiny, "cpu", &["--method", "gptq", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("GPTQ runs on the CPU"), "{}", stderr(&o));
+    assert_eq!(layer_errors(&log), layer_errors(&log_cpu));
+}
+
+#[test]
+fn device_gpu_and_cpu_runs_agree() {
+    if !gpu_present() {
+        if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!("QTOOL_REQUIRE_GPU=1 but no usable GPU");
+        }
+        println!("skipped: no usable GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_with_tokenizer(dir.path());
+    let flags = |d| ["--method", "gptq", "--act-order", "--device", d];
+    let (o, log_gpu) = quantize(dir.path(), &tiny, "cuda", &flags("cuda"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (o, log_cpu) = quantize(dir.path(), &tiny, "cpu", &flags("cpu"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (g, c) = (layer_errors(&log_gpu), layer_errors(&log_cpu));
+    assert_eq!(g.len(), c.len());
+    for ((name, eg), (_, ec)) in g.iter().zip(&c) {
+        assert!((eg - ec).abs() <= 1e-3 * ec.abs().max(1e-12), "{name}: gpu {eg} vs cpu {ec}");
+    }
+}
+
+#[test]
+fn device_flag_is_refused_where_it_does_not_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = tiny_with_tokenizer(dir.path());
+    for (tag, extra, says) in [
+        ("awq", &["--method", "awq", "--device", "cuda"][..], "--device applies to --method gptq"),
+        ("bad", &["--method", "gptq", "--device", "gpu"][..], "gpu"),
+    ] {
+        let (o, _) = quantize(dir.path(), &tiny, tag, extra);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{tag}: {}", stderr(&o));
+    }
+    // Round-to-nearest has no solve to place.
+    let out = dir.path().join("out-rtn");
+    let o = run(&[
+        "quantize",
+        tiny.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--fmt",
+        "w4a16",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--device applies to --method gptq or awq"), "{}", stderr(&o));
+}
