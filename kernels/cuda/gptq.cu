@@ -129,6 +129,94 @@ extern "C" __global__ void permute_cols(const float* __restrict__ w, const int* 
     }
 }
 
+// (scale, zero) of one group from its [lo, hi], as quantizers/src/int/rtn.rs `group_params`
+// (conv 0: GPTQ, 1: AWQ, 2: compressed-tensors), the scale then rounded to the stored dtype
+// (sdt 0: f32, 1: f16, 2: bf16) with the zero kept, as `quantize_for_storage` does.
+__device__ __forceinline__ void group_params(float lo, float hi, int conv, int sym, float maxq,
+                                             float mid, int sdt, float* s_out, u8* z_out) {
+    const float eps = 1.1920929e-7f;  // f32::EPSILON
+    float scale, zero;
+    if (conv == 0) {
+        float xmin = fminf(lo, 0.0f), xmax = fmaxf(hi, 0.0f);
+        if (sym) {
+            xmax = fmaxf(fabsf(xmin), xmax);
+            if (xmin < 0.0f) xmin = -xmax;
+        }
+        if (xmin == 0.0f && xmax == 0.0f) {
+            xmin = -1.0f;
+            xmax = 1.0f;
+        }
+        scale = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
+        zero = sym ? mid : rintf(__fdiv_rn(-xmin, scale));
+        zero = fminf(fmaxf(zero, 0.0f), maxq);
+    } else if (conv == 1) {
+        scale = __fdiv_rn(fmaxf(__fsub_rn(hi, lo), 1e-5f), maxq);
+        zero = fminf(fmaxf(-rintf(__fdiv_rn(lo, scale)), 0.0f), maxq);
+    } else {
+        float qmin = -mid, qmax = __fsub_rn(maxq, mid);
+        float xmin = fminf(lo, 0.0f), xmax = fmaxf(hi, 0.0f);
+        if (sym) {
+            float amax = fmaxf(fabsf(xmin), fabsf(xmax));
+            scale = __fdiv_rn(amax, __fdiv_rn(maxq, 2.0f));
+            if (scale == 0.0f) scale = eps;
+            zero = mid;
+        } else {
+            scale = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
+            if (scale == 0.0f) {
+                scale = eps;
+                zero = mid;
+            } else {
+                float zp = __fsub_rn(qmin, __fdiv_rn(xmin, scale));
+                zp = rintf(fminf(fmaxf(zp, qmin), qmax));
+                zero = __fadd_rn(zp, mid);
+            }
+        }
+    }
+    if (sdt == 1) scale = __half2float(__float2half_rn(scale));
+    else if (sdt == 2) scale = __bfloat162float(__float2bfloat16_rn(scale));
+    *s_out = scale;
+    *z_out = (u8)zero;
+}
+
+// Group parameters of every (row, group): one warp each, grid (groups, ceil(n / 8)), 256
+// threads. Groups are `cols` consecutive original columns; with zero_dead, dead columns count
+// as 0. *bad is set when an input is not finite or a stored scale is 0 or not finite (the
+// host then takes the CPU path, which reports the precise error).
+extern "C" __global__ void group_params_rows(const float* __restrict__ w,
+                                             const u8* __restrict__ dead, int zero_dead, int n,
+                                             int k, int cols, int conv, int sym, float maxq,
+                                             float mid, int sdt, float* __restrict__ scales,
+                                             u8* __restrict__ zeros, int* __restrict__ bad) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.y * 8 + (threadIdx.x >> 5);
+    int g = blockIdx.x;
+    if (row >= n) return;
+    int c0 = g * cols, c1 = min(c0 + cols, k);
+    float lo = __int_as_float(0x7f800000), hi = __int_as_float(0xff800000);  // +inf, -inf
+    int nonfinite = 0;
+    for (int c = c0 + lane; c < c1; c += 32) {
+        float v = w[(u64)row * k + c];
+        nonfinite |= !isfinite(v);
+        if (zero_dead && dead[c]) v = 0.0f;
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
+        nonfinite |= __shfl_xor_sync(0xffffffffu, nonfinite, off);
+    }
+    if (lane == 0) {
+        float s;
+        u8 z;
+        group_params(lo, hi, conv, sym, maxq, mid, sdt, &s, &z);
+        scales[(u64)g * n + row] = s;
+        zeros[(u64)g * n + row] = z;
+        if (nonfinite || s == 0.0f || !isfinite(s)) atomicExch(bad, 1);
+    }
+}
+
 #define GPTQ_BS 128
 #define GPTQ_WARPS 8
 

@@ -53,7 +53,6 @@ struct Row {
     hessian_s: f64,
     factor_s: f64,
     prepare_s: f64,
-    params_s: f64,
     loop_s: f64,
     finish_s: f64,
     damp: Option<f64>,
@@ -97,7 +96,6 @@ fn one(g: &GptqGpu<'_>, n: usize, k: usize) -> KResult<Row> {
             hessian_s,
             factor_s,
             prepare_s: times.prepare_s,
-            params_s: times.params_s,
             loop_s: times.loop_s,
             finish_s: times.finish_s,
             damp: f.damp(),
@@ -116,8 +114,8 @@ fn main() -> KResult<()> {
         SEQ * SEQS
     );
     println!(
-        "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
-        "N x K", "hessian", "factor", "prepare", "(params)", "loop", "finish", "solve", "damp"
+        "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "N x K", "hessian", "factor", "prepare", "loop", "finish", "solve", "damp"
     );
     let shapes: &[(usize, usize)] =
         if quick { &[(4096, 4096)] } else { &[(4096, 4096), (11008, 4096), (4096, 11008)] };
@@ -125,12 +123,11 @@ fn main() -> KResult<()> {
         let r = one(&g, n, k)?;
         let solve = r.factor_s + r.prepare_s + r.loop_s + r.finish_s;
         println!(
-            "{:>12} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>6}",
+            "{:>12} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>6}",
             format!("{}x{}", r.n, r.k),
             r.hessian_s,
             r.factor_s,
             r.prepare_s,
-            r.params_s,
             r.loop_s,
             r.finish_s,
             solve,

@@ -28,6 +28,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use qtool_quantizers::int::rtn::Convention;
+use qtool_quantizers::int::rtn::ScaleDtype;
 use qtool_quantizers::int::{quantize_for_storage, GroupSize, QuantizedInt};
 use qtool_quantizers::ptq::{GptqConfig, GptqOutput};
 
@@ -419,13 +420,80 @@ fn upper_of_inverse(g: &GptqGpu<'_>, m: &CudaSlice<f64>, k: usize) -> KResult<Cu
     Ok(u)
 }
 
+/// Group parameters `[G, N]` on the host (for the result) and on the device (for the loop).
+struct Params {
+    scales: Vec<f32>,
+    zeros: Vec<u8>,
+    scales_d: CudaSlice<f32>,
+    zeros_d: CudaSlice<u8>,
+}
+
+/// The (scale, zero) of every group as the CPU reference fixes them up front: per-channel from
+/// the weight as given, static groups from the weight with dead columns zeroed; computed on the
+/// device by the same formulas as `quantize_for_storage`. Anything unusual (a non-finite
+/// weight, a stored scale of 0 or ∞) is handed to that CPU function itself, which returns the
+/// precise error (or the parameters).
+fn group_params(
+    g: &GptqGpu<'_>,
+    w_d: &CudaSlice<f32>,
+    dead_d: &CudaSlice<u8>,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    cfg: &GptqConfig,
+) -> KResult<Params> {
+    let gpu = g.gpu;
+    let int_err = |e: qtool_quantizers::int::IntError| KernelError::Shape(e.to_string());
+    let groups = cfg.rtn.group_size.num_groups(k).map_err(int_err)?;
+    let cols = cfg.rtn.group_size.columns(k);
+    let zero_dead = matches!(cfg.rtn.group_size, GroupSize::Size(_)) as c_int;
+    let conv: c_int = match cfg.rtn.convention {
+        Convention::Gptq => 0,
+        Convention::Awq => 1,
+        Convention::CompressedTensors => 2,
+    };
+    let sdt: c_int = match cfg.scale_dtype {
+        ScaleDtype::F32 => 0,
+        ScaleDtype::F16 => 1,
+        ScaleDtype::BF16 => 2,
+    };
+    let sym = cfg.rtn.symmetric as c_int;
+    let maxq = cfg.rtn.bits.max_code() as f32;
+    let mid = cfg.rtn.bits.mid() as f32;
+    let (ni, ki, ci) = (dim(n, "N")?, dim(k, "K")?, dim(cols, "group")?);
+    let mut scales_d = gpu.zeros::<f32>(groups * n)?;
+    let mut zeros_d = gpu.zeros::<u8>(groups * n)?;
+    let mut bad = gpu.zeros::<i32>(1)?;
+    let f = gpu.function(&SRC, "group_params_rows")?;
+    let mut b = gpu.stream().launch_builder(&f);
+    b.arg(w_d).arg(dead_d).arg(&zero_dead).arg(&ni).arg(&ki).arg(&ci).arg(&conv).arg(&sym);
+    b.arg(&maxq).arg(&mid).arg(&sdt).arg(&mut scales_d).arg(&mut zeros_d).arg(&mut bad);
+    let grid = (dim(groups, "groups")? as u32, blocks(n, ROWS_PER_CTA)?, 1);
+    launch(gpu, &f, "group_params_rows", b, config(grid, ((ROWS_PER_CTA * 32) as u32, 1, 1), 0))?;
+    if gpu.download(&bad)?[0] == 0 {
+        let scales = gpu.download(&scales_d)?;
+        let zeros = gpu.download(&zeros_d)?;
+        return Ok(Params { scales, zeros, scales_d, zeros_d });
+    }
+    let dead = gpu.download(dead_d)?;
+    let mut src = w.to_vec();
+    if zero_dead == 1 {
+        for row in src.chunks_exact_mut(k) {
+            for (v, _) in row.iter_mut().zip(&dead).filter(|(_, d)| **d != 0) {
+                *v = 0.0;
+            }
+        }
+    }
+    let q = quantize_for_storage(&src, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
+    let (scales_d, zeros_d) = (gpu.upload(&q.scales)?, gpu.upload(&q.zeros)?);
+    Ok(Params { scales: q.scales, zeros: q.zeros, scales_d, zeros_d })
+}
+
 /// Wall times of one [`gptq_quantize`] call, for the benchmark.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GptqTimes {
-    /// Preparation: group parameters (host), upload, permutation (device).
+    /// Preparation: upload, permutation and group parameters (device).
     pub prepare_s: f64,
-    /// The host group-parameter part of `prepare_s`.
-    pub params_s: f64,
     /// The column loop on the GPU (kernels + lazy-update GEMMs), synchronized.
     pub loop_s: f64,
     /// Download and assembly of the result.
@@ -470,58 +538,21 @@ pub fn gptq_quantize(
         GroupSize::PerChannel => vec![0; k],
         GroupSize::Size(gs) => f.perm.iter().map(|&c| (c / gs) as i32).collect(),
     };
-    // The host computes the group parameters while the weight uploads and is permuted on the
-    // device.
-    let (params, dev) = std::thread::scope(|scope| {
-        let host = scope.spawn(|| -> KResult<(QuantizedInt, f64)> {
-            let t_params = Instant::now();
-            // Group parameters by the CPU's own RTN code: per-channel from the weight as given,
-            // static groups from the weight with dead columns zeroed (as the CPU reference).
-            let any_dead = f.dead.iter().any(|&d| d);
-            let zeroed;
-            let params_src: &[f32] = match cfg.rtn.group_size {
-                GroupSize::Size(_) if any_dead => {
-                    let mut wo = w.to_vec();
-                    for row in wo.chunks_exact_mut(k) {
-                        for (v, _) in row.iter_mut().zip(&f.dead).filter(|(_, d)| **d) {
-                            *v = 0.0;
-                        }
-                    }
-                    zeroed = wo;
-                    &zeroed
-                }
-                _ => w,
-            };
-            let params = quantize_for_storage(params_src, n, k, &cfg.rtn, None, cfg.scale_dtype)
-                .map_err(int_err)?;
-            let params_s = t_params.elapsed().as_secs_f64();
-            Ok((params, params_s))
-        });
-        let dev = (|| -> KResult<_> {
-            let perm_i: Vec<i32> = f.perm.iter().map(|&p| p as i32).collect();
-            let perm_d = gpu.upload(&perm_i)?;
-            let dead_d = gpu.upload(&f.dead.iter().map(|&d| d as u8).collect::<Vec<u8>>())?;
-            // The weight in visiting order, dead columns zeroed, built on the device.
-            let mut wd = gpu.zeros::<f32>(n * k)?;
-            {
-                let w_orig = gpu.upload(w)?;
-                let f_perm = gpu.function(&SRC, "permute_cols")?;
-                let mut b = gpu.stream().launch_builder(&f_perm);
-                b.arg(&w_orig).arg(&perm_d).arg(&dead_d).arg(&mut wd).arg(&ni).arg(&ki);
-                let cfg_l = config(GptqGpu::ew_grid(n * k)?, (EW_THREADS, 1, 1), 0);
-                launch(gpu, &f_perm, "permute_cols", b, cfg_l)?;
-            }
-            Ok((perm_d, wd))
-        })();
-        let host = host.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (host, dev)
-    });
-    let (params, params_s) = params?;
-    times.params_s = params_s;
-    let (perm_d, mut wd) = dev?;
+    let perm_i: Vec<i32> = f.perm.iter().map(|&p| p as i32).collect();
+    let perm_d = gpu.upload(&perm_i)?;
+    let dead_d = gpu.upload(&f.dead.iter().map(|&d| d as u8).collect::<Vec<u8>>())?;
+    let w_orig = gpu.upload(w)?;
+    // The weight in visiting order, dead columns zeroed.
+    let mut wd = gpu.zeros::<f32>(n * k)?;
+    let f_perm = gpu.function(&SRC, "permute_cols")?;
+    let mut b = gpu.stream().launch_builder(&f_perm);
+    b.arg(&w_orig).arg(&perm_d).arg(&dead_d).arg(&mut wd).arg(&ni).arg(&ki);
+    let cfg_l = config(GptqGpu::ew_grid(n * k)?, (EW_THREADS, 1, 1), 0);
+    launch(gpu, &f_perm, "permute_cols", b, cfg_l)?;
+    let params = group_params(g, &w_orig, &dead_d, w, n, k, cfg)?;
+    drop(w_orig);
     let gcol_d = gpu.upload(&gcol)?;
-    let scales_d = gpu.upload(&params.scales)?;
-    let zeros_d = gpu.upload(&params.zeros)?;
+    let (scales_d, zeros_d) = (params.scales_d, params.zeros_d);
     let mut codes_d = gpu.zeros::<u8>(n * k)?;
     let bs = cfg.block_size;
     let mut err_d = gpu.zeros::<f32>(n * bs)?;

@@ -102,8 +102,12 @@ fn compare(g: &Gpu, case: &Case, cfgs: &[GptqConfig], seed: u64) {
 
     for cfg in cfgs {
         let what = format!(
-            "n={n} k={k} group={:?} sym={} act_order={}",
-            cfg.rtn.group_size, cfg.rtn.symmetric, cfg.act_order
+            "n={n} k={k} group={:?} sym={} act_order={} {:?} {:?}",
+            cfg.rtn.group_size,
+            cfg.rtn.symmetric,
+            cfg.act_order,
+            cfg.rtn.convention,
+            cfg.scale_dtype
         );
         let cpu = cpu_gptq(&w, n, k, &h, cfg).unwrap();
         let f = GpuFactor::from_host(&gg, &h, k, cfg).unwrap();
@@ -158,6 +162,26 @@ fn gptq_gpu_matches_cpu_at_a_model_like_shape() {
 }
 
 #[test]
+fn gptq_gpu_matches_cpu_for_every_convention_and_scale_dtype() {
+    // The group parameters are computed on the device with each layout's formula.
+    let Some(g) = gpu() else { return };
+    let mut cfgs = Vec::new();
+    for conv in [Convention::Gptq, Convention::Awq, Convention::CompressedTensors] {
+        for (sd, sym) in
+            [(ScaleDtype::F32, false), (ScaleDtype::BF16, true), (ScaleDtype::F16, false)]
+        {
+            for group in [32, -1] {
+                let mut c = config(group, sym, true);
+                c.rtn.convention = conv;
+                c.scale_dtype = sd;
+                cfgs.push(c);
+            }
+        }
+    }
+    compare(&g, &Case { n: 64, k: 256, t: 512 }, &cfgs, 4);
+}
+
+#[test]
 fn gptq_gpu_falls_back_to_rtn_like_cpu_on_an_indefinite_hessian() {
     let Some(g) = gpu() else { return };
     let (n, k) = (8, 64);
@@ -173,6 +197,20 @@ fn gptq_gpu_falls_back_to_rtn_like_cpu_on_an_indefinite_hessian() {
     let (gpu, _) = gptq_quantize(&gg, &w, n, k, &f, &cfg).unwrap();
     assert!(cpu.fallback.is_some());
     assert_eq!(gpu, cpu);
+}
+
+#[test]
+fn gptq_gpu_reports_a_non_finite_weight_like_cpu() {
+    let Some(g) = gpu() else { return };
+    let (n, k) = (4, 64);
+    let h: Vec<f64> = (0..k * k).map(|i| if i % (k + 1) == 0 { 1.0 } else { 0.0 }).collect();
+    let mut w = values(8, n * k);
+    w[2 * k + 7] = f32::NAN;
+    let gg = GptqGpu::new(&g).unwrap();
+    let cfg = config(32, false, false);
+    let f = GpuFactor::from_host(&gg, &h, k, &cfg).unwrap();
+    let err = gptq_quantize(&gg, &w, n, k, &f, &cfg).unwrap_err().to_string();
+    assert!(err.contains("weight[2, 7] is not finite"), "{err}");
 }
 
 #[test]

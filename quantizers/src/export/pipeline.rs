@@ -7,8 +7,10 @@
 //! plus its outputs), or one layer alone when it is larger. A large layer is itself decoded and
 //! quantized by all threads (the float schemes split their element and row loops), so running
 //! it alone costs no parallelism; small layers share a window. The mapped input pages of every
-//! tensor are released once it is decoded or copied. Peak RSS is then about one large layer's
-//! f32 copy + outputs + its mapped bf16 bytes: under 2 × (largest tensor in f32) + 256 MB
+//! tensor are released once it is decoded or copied. Writing a window overlaps computing the
+//! next one (the writer is the only serial stage), so the previous window's outputs are held
+//! too. Peak RSS is then about one large layer's f32 copy + outputs + its mapped bf16 bytes +
+//! the previous window's outputs: under 2 × (largest tensor in f32) + 256 MB
 //! (docs/PERFORMANCE.md).
 
 use std::borrow::Cow;
@@ -51,16 +53,17 @@ pub fn run(
 }
 
 /// [`run`], taking the entries `pre` provides from it.
-pub fn run_with(
-    source: &dyn TensorSource,
-    plan: &QuantizePlan,
+pub fn run_with<'a>(
+    source: &'a dyn TensorSource,
+    plan: &'a QuantizePlan,
     sink: &mut dyn TensorSink,
     progress: &mut dyn FnMut(&PlanEntry),
-    pre: Option<&dyn Precomputed>,
+    pre: Option<&'a dyn Precomputed>,
 ) -> Result<(), ExportError> {
     let max_window = (rayon::current_num_threads() * 2).max(2);
     let largest = plan.entries.iter().map(f32_bytes).max().unwrap_or(0);
     let pool = BufferPool::new(largest.max(WINDOW_BYTES));
+    let mut windows = Vec::new();
     let mut start = 0;
     while start < plan.entries.len() {
         let mut end = start;
@@ -73,28 +76,59 @@ pub fn run_with(
             held += cost;
             end += 1;
         }
-        let window = &plan.entries[start..end];
-        let results: Vec<Result<Vec<Cow<'_, [u8]>>, ExportError>> =
-            window.par_iter().map(|e| produce(source, plan, e, pre, &pool)).collect();
-        for (entry, result) in window.iter().zip(results) {
-            let parts = result?;
-            for (out, bytes) in entry.outputs.iter().zip(&parts) {
-                if bytes.len() as u64 != out.nbytes {
-                    return Err(ExportError::PartSize {
-                        tensor: entry.name.clone(),
-                        part: out.name.clone(),
-                        got: bytes.len(),
-                        expected: out.nbytes,
-                    });
-                }
-                sink.write(&out.name, bytes)?;
-            }
-            if let (Action::Copy, Some(i)) = (&entry.action, entry.input) {
-                source.release(&source.tensors()[i]);
-            }
-            progress(entry);
-        }
+        windows.push(&plan.entries[start..end]);
         start = end;
+    }
+    let compute = |window: &'a [PlanEntry]| -> Vec<Result<Parts<'a>, ExportError>> {
+        window.par_iter().map(|e| produce(source, plan, e, pre, &pool)).collect()
+    };
+    // The writer is the one serial stage: while window `i` is written (on this thread), window
+    // `i + 1` is computed on the thread pool, so the cores are not idle during the writes. It
+    // costs one window's outputs more memory (docs/PERFORMANCE.md); the bytes and their order
+    // are unchanged.
+    std::thread::scope(|scope| {
+        let Some(first) = windows.first() else { return Ok(()) };
+        let mut results = compute(first);
+        for (i, window) in windows.iter().enumerate() {
+            let next = windows.get(i + 1).map(|&w| scope.spawn(move || compute(w)));
+            write_window(source, window, results, sink, progress)?;
+            results = match next {
+                Some(handle) => handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                None => break,
+            };
+        }
+        Ok(())
+    })
+}
+
+/// The output bytes of one entry, in the order of its outputs.
+type Parts<'a> = Vec<Cow<'a, [u8]>>;
+
+/// Writes a computed window in plan order; the first entry's error, in plan order, wins.
+fn write_window(
+    source: &dyn TensorSource,
+    window: &[PlanEntry],
+    results: Vec<Result<Parts<'_>, ExportError>>,
+    sink: &mut dyn TensorSink,
+    progress: &mut dyn FnMut(&PlanEntry),
+) -> Result<(), ExportError> {
+    for (entry, result) in window.iter().zip(results) {
+        let parts = result?;
+        for (out, bytes) in entry.outputs.iter().zip(&parts) {
+            if bytes.len() as u64 != out.nbytes {
+                return Err(ExportError::PartSize {
+                    tensor: entry.name.clone(),
+                    part: out.name.clone(),
+                    got: bytes.len(),
+                    expected: out.nbytes,
+                });
+            }
+            sink.write(&out.name, bytes)?;
+        }
+        if let (Action::Copy, Some(i)) = (&entry.action, entry.input) {
+            source.release(&source.tensors()[i]);
+        }
+        progress(entry);
     }
     Ok(())
 }
