@@ -130,11 +130,11 @@ extern "C" __global__ void permute_cols(const float* __restrict__ w, const int* 
 }
 
 // (scale, zero) of one group from its [lo, hi], as quantizers/src/int/rtn.rs `group_params`
-// (conv 0: GPTQ, 1: AWQ, 2: compressed-tensors), the scale then rounded to the stored dtype
+// (conv 0: GPTQ, 1: AWQ; compressed-tensors' parameters come from the host), the scale then
+// rounded to the stored dtype
 // (sdt 0: f32, 1: f16, 2: bf16) with the zero kept, as `quantize_for_storage` does.
 __device__ __forceinline__ void group_params(float lo, float hi, int conv, int sym, float maxq,
                                              float mid, int sdt, float* s_out, u8* z_out) {
-    const float eps = 1.1920929e-7f;  // f32::EPSILON
     float scale, zero;
     if (conv == 0) {
         float xmin = fminf(lo, 0.0f), xmax = fmaxf(hi, 0.0f);
@@ -149,28 +149,9 @@ __device__ __forceinline__ void group_params(float lo, float hi, int conv, int s
         scale = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
         zero = sym ? mid : rintf(__fdiv_rn(-xmin, scale));
         zero = fminf(fmaxf(zero, 0.0f), maxq);
-    } else if (conv == 1) {
+    } else {
         scale = __fdiv_rn(fmaxf(__fsub_rn(hi, lo), 1e-5f), maxq);
         zero = fminf(fmaxf(-rintf(__fdiv_rn(lo, scale)), 0.0f), maxq);
-    } else {
-        float qmin = -mid, qmax = __fsub_rn(maxq, mid);
-        float xmin = fminf(lo, 0.0f), xmax = fmaxf(hi, 0.0f);
-        if (sym) {
-            float amax = fmaxf(fabsf(xmin), fabsf(xmax));
-            scale = __fdiv_rn(amax, __fdiv_rn(maxq, 2.0f));
-            if (scale == 0.0f) scale = eps;
-            zero = mid;
-        } else {
-            scale = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
-            if (scale == 0.0f) {
-                scale = eps;
-                zero = mid;
-            } else {
-                float zp = __fsub_rn(qmin, __fdiv_rn(xmin, scale));
-                zp = rintf(fminf(fmaxf(zp, qmin), qmax));
-                zero = __fadd_rn(zp, mid);
-            }
-        }
     }
     if (sdt == 1) scale = __half2float(__float2half_rn(scale));
     else if (sdt == 2) scale = __bfloat162float(__float2bfloat16_rn(scale));

@@ -430,9 +430,9 @@ struct Params {
 
 /// The (scale, zero) of every group as the CPU reference fixes them up front: per-channel from
 /// the weight as given, static groups from the weight with dead columns zeroed; computed on the
-/// device by the same formulas as `quantize_for_storage`. Anything unusual (a non-finite
-/// weight, a stored scale of 0 or ∞) is handed to that CPU function itself, which returns the
-/// precise error (or the parameters).
+/// device by the same formulas as `quantize_for_storage` for the GPTQ and AWQ conventions.
+/// Compressed-tensors, and anything unusual (a non-finite weight, a stored scale of 0 or ∞),
+/// go to that CPU function itself, which returns the parameters or the precise error.
 fn group_params(
     g: &GptqGpu<'_>,
     w_d: &CudaSlice<f32>,
@@ -450,7 +450,8 @@ fn group_params(
     let conv: c_int = match cfg.rtn.convention {
         Convention::Gptq => 0,
         Convention::Awq => 1,
-        Convention::CompressedTensors => 2,
+        // Its parameters come from the host RTN code (one device formula fewer to keep equal).
+        Convention::CompressedTensors => -1,
     };
     let sdt: c_int = match cfg.scale_dtype {
         ScaleDtype::F32 => 0,
@@ -464,13 +465,21 @@ fn group_params(
     let mut scales_d = gpu.zeros::<f32>(groups * n)?;
     let mut zeros_d = gpu.zeros::<u8>(groups * n)?;
     let mut bad = gpu.zeros::<i32>(1)?;
-    let f = gpu.function(&SRC, "group_params_rows")?;
-    let mut b = gpu.stream().launch_builder(&f);
-    b.arg(w_d).arg(dead_d).arg(&zero_dead).arg(&ni).arg(&ki).arg(&ci).arg(&conv).arg(&sym);
-    b.arg(&maxq).arg(&mid).arg(&sdt).arg(&mut scales_d).arg(&mut zeros_d).arg(&mut bad);
-    let grid = (dim(groups, "groups")? as u32, blocks(n, ROWS_PER_CTA)?, 1);
-    launch(gpu, &f, "group_params_rows", b, config(grid, ((ROWS_PER_CTA * 32) as u32, 1, 1), 0))?;
-    if gpu.download(&bad)?[0] == 0 {
+    if conv >= 0 {
+        let f = gpu.function(&SRC, "group_params_rows")?;
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(w_d).arg(dead_d).arg(&zero_dead).arg(&ni).arg(&ki).arg(&ci).arg(&conv).arg(&sym);
+        b.arg(&maxq).arg(&mid).arg(&sdt).arg(&mut scales_d).arg(&mut zeros_d).arg(&mut bad);
+        let grid = (dim(groups, "groups")? as u32, blocks(n, ROWS_PER_CTA)?, 1);
+        launch(
+            gpu,
+            &f,
+            "group_params_rows",
+            b,
+            config(grid, ((ROWS_PER_CTA * 32) as u32, 1, 1), 0),
+        )?;
+    }
+    if conv >= 0 && gpu.download(&bad)?[0] == 0 {
         let scales = gpu.download(&scales_d)?;
         let zeros = gpu.download(&zeros_d)?;
         return Ok(Params { scales, zeros, scales_d, zeros_d });
