@@ -90,7 +90,9 @@ pub fn run_with<'a>(
         let Some(first) = windows.first() else { return Ok(()) };
         let mut results = compute(first);
         for (i, window) in windows.iter().enumerate() {
-            let next = windows.get(i + 1).map(|&w| scope.spawn(move || compute(w)));
+            // A window that failed ends the run at its error: the next is not started.
+            let ok = results.iter().all(Result::is_ok);
+            let next = windows.get(i + 1).filter(|_| ok).map(|&w| scope.spawn(move || compute(w)));
             write_window(source, window, results, sink, progress)?;
             results = match next {
                 Some(handle) => handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
