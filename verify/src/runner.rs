@@ -160,6 +160,23 @@ pub fn verify_layer(
     let (n, k) = (layer.n, layer.k);
     let act = layer.format.activation();
     let mut failure: Option<String> = None;
+    // Integer layouts: a zero-point convention mix-up (GPTQ v1 read as v2 or back) shifts every
+    // weight by one quantization step. On isotropic activations that costs only ~3.5× RTN's
+    // output error — inside the integer REF ratio, which must admit GPTQ's error feedback — but
+    // it is a mean offset, which neither RTN nor GPTQ/AWQ produce (their errors average to ~0).
+    if let (Some((w_ref, Ok(q), _)), LayerFormat::Int { .. } | LayerFormat::Marlin { .. }) =
+        (&refs, &layer.format)
+    {
+        let (bias, rms) = offset_vs_expected(&w, w_ref, q);
+        if bias > BIAS_LIMIT * rms {
+            failure = Some(format!(
+                "mean weight offset vs REF {} is {:.1}× the RMS of the expected error {}: a systematic shift (zero-point convention?)",
+                fmt(bias),
+                bias / rms,
+                fmt(rms)
+            ));
+        }
+    }
     for &m in batches {
         let x = activations(&layer.name, m, k, |v| act.round(v));
         // The reference multiplies what the kernel's tensor cores multiply (E4M3 activations for
@@ -283,4 +300,18 @@ fn describe(t: &Tolerance, m: usize, max_rel: f64, mean_rel: f64) -> String {
         t.max_rel,
         t.mean_rel
     )
+}
+
+/// A layer's mean weight offset is judged against this many times the RMS of the expected
+/// (RTN) weight error. A one-step zero-point shift measures ~3.5 (a step over the √12 of uniform
+/// rounding); RTN and GPTQ/AWQ output measure ~0.01 on real layers.
+pub const BIAS_LIMIT: f64 = 1.0;
+
+/// `|mean(w − w_ref)|` and `rms(w_q − w_ref)`, in f64.
+fn offset_vs_expected(w: &[f32], w_ref: &[f32], w_q: &[f32]) -> (f64, f64) {
+    let len = w.len().max(1) as f64;
+    let mean: f64 = w.iter().zip(w_ref).map(|(&a, &b)| a as f64 - b as f64).sum::<f64>() / len;
+    let ms: f64 =
+        w_q.iter().zip(w_ref).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / len;
+    (mean.abs(), ms.sqrt())
 }
