@@ -247,11 +247,17 @@ pub fn verify_layer(
                     if !pass {
                         failure.get_or_insert_with(|| {
                             format!(
-                                "m={m}: error vs REF {} > limit {} ({}× the {} expected for this scheme)",
+                                "m={m}: error vs REF {} > limit {} ({}× the {} expected for this scheme){}",
                                 fmt(cpu_rel),
                                 fmt(limit),
                                 ref_ratio(&layer.format),
-                                fmt(expected)
+                                fmt(expected),
+                                match layer.format {
+                                    LayerFormat::Int { .. } | LayerFormat::Marlin { .. } => {
+                                        "; wrong bytes, or GPTQ/AWQ overfitted to too little calibration data"
+                                    }
+                                    _ => "",
+                                }
                             )
                         });
                     }
