@@ -208,24 +208,53 @@ struct Scan {
 }
 
 impl Scan {
+    /// The baseline x86-64 target (SSE2) has no vector unsigned `max`, so this loop stays scalar
+    /// there; the AVX2 build of the same integer code, picked at run time, is ~3× faster on
+    /// bf16/f32 weights and gives the same result.
     fn of(c: &[f32], dt: ComputeDType) -> Scan {
-        let (mut inexact, mut nonfinite, mut max_abs) = (0u32, 0u32, 0u32);
-        for &x in c {
-            let b = x.to_bits() & 0x7FFF_FFFF;
-            nonfinite |= u32::from(b >= 0x7F80_0000);
-            max_abs = max_abs.max(b);
-            inexact |= match dt {
-                ComputeDType::F32 => 0,
-                // bf16 is the upper half of an f32: exact iff the lower half is zero.
-                ComputeDType::BF16 => b & 0xFFFF,
-                ComputeDType::F16 => u32::from(dt.round(x).to_bits() != x.to_bits()),
-            };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { Scan::of_avx2(c, dt) };
         }
+        Scan::of_body(c, dt)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn of_avx2(c: &[f32], dt: ComputeDType) -> Scan {
+        Scan::of_body(c, dt)
+    }
+
+    #[inline(always)]
+    fn of_body(c: &[f32], dt: ComputeDType) -> Scan {
+        // One loop per dtype, so each vectorizes on its own.
+        let (mut inexact, nonfinite, max_abs) = match dt {
+            ComputeDType::F32 => Scan::lanes(c, |_, _| 0),
+            // bf16 is the upper half of an f32: exact iff the lower half is zero.
+            ComputeDType::BF16 => Scan::lanes(c, |_, b| b & 0xFFFF),
+            ComputeDType::F16 => {
+                Scan::lanes(c, |x, _| u32::from(dt.round(x).to_bits() != x.to_bits()))
+            }
+        };
         // NaN and ±inf need no rounding; only finite inexact values matter.
         if nonfinite != 0 && dt != ComputeDType::F32 {
             inexact = u32::from(c.iter().any(|&x| x.is_finite() && dt.round(x) != x));
         }
         Scan { inexact, nonfinite, max_abs_bits: max_abs }
+    }
+
+    /// (inexact, nonfinite, largest `|x|` bits) with `inexact_of(x, |x| bits)` per element.
+    #[inline(always)]
+    fn lanes(c: &[f32], inexact_of: impl Fn(f32, u32) -> u32) -> (u32, u32, u32) {
+        let (mut inexact, mut nonfinite, mut max_abs) = (0u32, 0u32, 0u32);
+        for &x in c {
+            let b = x.to_bits() & 0x7FFF_FFFF;
+            nonfinite |= u32::from(b >= 0x7F80_0000);
+            max_abs = max_abs.max(b);
+            inexact |= inexact_of(x, b);
+        }
+        (inexact, nonfinite, max_abs)
     }
 
     fn merge(a: Scan, b: Scan) -> Scan {
