@@ -219,7 +219,10 @@ pub fn rtn_config(layout: Layout, s: &IntSettings, dtype: DType) -> (RtnConfig, 
         DType::F32 => ScaleDtype::F32,
         _ => ScaleDtype::F16,
     };
-    (RtnConfig { bits: s.bits, group_size: s.group_size, symmetric: s.symmetric, convention }, storage)
+    (
+        RtnConfig { bits: s.bits, group_size: s.group_size, symmetric: s.symmetric, convention },
+        storage,
+    )
 }
 
 /// The bytes of [`outputs`] for an already quantized layer (scales exactly representable in
