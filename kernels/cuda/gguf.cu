@@ -9,6 +9,17 @@ __device__ __forceinline__ float ld_f16(const u8* p) {
     return __half2float(__ushort_as_half((u16)(p[0] | (p[1] << 8))));
 }
 
+// The 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes Q4_K and Q5_K share.
+__device__ __forceinline__ void k_scale_min(const u8* sc, int j, int& s, int& mn) {
+    if (j < 4) {
+        s = sc[j] & 63;
+        mn = sc[j + 4] & 63;
+    } else {
+        s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+        mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+    }
+}
+
 // Q8_0: 34-byte blocks of 32: f16 d, 32 x int8. w = q * d.
 struct DecQ8_0 {
     const u8* w; size_t row_bytes; int k;
@@ -96,15 +107,8 @@ struct DecQ5K {
     __device__ void decode(int row, int g, float out[32]) const {
         const u8* b = w + row * row_bytes + (size_t)(g >> 3) * 176;
         const int j = g & 7;
-        const u8* sc = b + 4;
         int s, mn;
-        if (j < 4) {
-            s = sc[j] & 63;
-            mn = sc[j + 4] & 63;
-        } else {
-            s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-            mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-        }
+        k_scale_min(b + 4, j, s, mn);
         const float d1 = ld_f16(b) * (float)s, m1 = ld_f16(b + 2) * (float)mn;
         const u8* qh = b + 16;
         const u8* qs = b + 48 + 32 * (j >> 1);
@@ -125,15 +129,8 @@ struct DecQ4K {
     __device__ void decode(int row, int g, float out[32]) const {
         const u8* b = w + row * row_bytes + (size_t)(g >> 3) * 144;
         const int j = g & 7;
-        const u8* sc = b + 4;
         int s, mn;
-        if (j < 4) {
-            s = sc[j] & 63;
-            mn = sc[j + 4] & 63;
-        } else {
-            s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-            mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-        }
+        k_scale_min(b + 4, j, s, mn);
         const float d1 = ld_f16(b) * (float)s, m1 = ld_f16(b + 2) * (float)mn;
         const uint4* q4 = reinterpret_cast<const uint4*>(b + 16 + 32 * (j >> 1));
         const int shift = (j & 1) * 4;

@@ -180,28 +180,8 @@ pub fn gemm_nn(
         return;
     }
     assert!(lda >= k && ldb >= n && ldc >= n, "gemm_nn: strides smaller than the rows");
-    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "gemm_nn: a is too short");
     assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "gemm_nn: b is too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm_nn: c is too short");
-    // SAFETY: bounds checked above.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            lda as isize,
-            1,
-            b.as_ptr(),
-            ldb as isize,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            ldc as isize,
-            1,
-        );
-    }
+    sgemm_serial(m, k, n, a, lda, b, (ldb, 1), c, ldc);
 }
 
 /// `c[m, n] = a[m, k] · b[n, k]ᵀ`, single-threaded (attention scores per head).
@@ -221,10 +201,27 @@ pub fn gemm_nt_serial(
         return;
     }
     assert!(lda >= k && ldb >= k && ldc >= n, "gemm_nt_serial: strides smaller than the rows");
-    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "gemm_nt_serial: a is too short");
     assert!(k == 0 || b.len() >= (n - 1) * ldb + k, "gemm_nt_serial: b is too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm_nt_serial: c is too short");
-    // SAFETY: bounds checked above.
+    sgemm_serial(m, k, n, a, lda, b, (1, ldb), c, ldc);
+}
+
+/// `c = a · b` on one thread, `b` read through `(row, column)` strides so the same call serves
+/// `b` and `bᵀ`; the callers check `b`'s extent for their layout.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_serial(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "sgemm: a is too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "sgemm: c is too short");
+    // SAFETY: a and c checked above, b by the caller for its stride pattern.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -235,8 +232,8 @@ pub fn gemm_nt_serial(
             lda as isize,
             1,
             b.as_ptr(),
-            1,
-            ldb as isize,
+            rsb as isize,
+            csb as isize,
             0.0,
             c.as_mut_ptr(),
             ldc as isize,

@@ -194,3 +194,43 @@ pub fn marlin_sized(dir: &Path, name: &str, seed: u32) -> PathBuf {
     .unwrap();
     root
 }
+
+/// The fixture copied with a byte-level BPE tokenizer.json (no merges: one token per byte,
+/// ids 0..255 in GPT-2's byte alphabet), which the calibrated path needs.
+pub fn tiny_with_tokenizer(dir: &Path) -> PathBuf {
+    let d = dir.join("tiny");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("tiny-llama").join(f), d.join(f)).unwrap();
+    }
+    let mut bs: Vec<u32> =
+        (u32::from(b'!')..=u32::from(b'~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = bs
+        .iter()
+        .zip(&cs)
+        .map(|(&b, &c)| (char::from_u32(c).unwrap().to_string(), serde_json::json!(b)))
+        .collect();
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false
+    });
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    });
+    std::fs::write(d.join("tokenizer.json"), tok.to_string()).unwrap();
+    d
+}
