@@ -4,40 +4,15 @@
 //! group parameters, and the output-space error within 1e-3 relative. Without a GPU each test
 //! prints `skipped: <reason>`; with `QTOOL_REQUIRE_GPU=1` a missing GPU is a failure.
 
+mod common;
+
+use common::{gpu, values};
 use qtool_kernels::gptq::{gptq_quantize, GptqGpu, GpuFactor, GpuHessian};
 use qtool_kernels::{Gpu, KernelError};
 use qtool_quantizers::int::dequantize;
 use qtool_quantizers::int::rtn::{Bits, Convention, GroupSize, RtnConfig, ScaleDtype};
 use qtool_quantizers::ptq::gptq::quantize as cpu_gptq;
 use qtool_quantizers::ptq::{output_error, GptqConfig, Hessian};
-
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e @ KernelError::NoGpu(_)) => {
-            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
-            }
-            println!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
-}
-
-/// Deterministic values in [-1, 1) (xorshift64*).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-            v as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// `[t, k]` activations with correlated channels (a rank-`k/4` mix plus noise), channel scales
 /// spread over 30× (so act-order reorders), and channel 5 never excited (a dead input).

@@ -5,6 +5,9 @@
 //! Batches 1..=8 exercise the fused GEMV kernels (exact f32 dequantization: tight tolerance),
 //! larger batches the dequant-to-16-bit + cuBLAS path (weights rounded to bf16/f16: looser).
 
+mod common;
+
+use common::{gpu, values};
 use half::{bf16, f16};
 use qtool_formats::codec::{Fp8Format, Overflow};
 use qtool_kernels::{
@@ -14,34 +17,6 @@ use qtool_kernels::{
 use qtool_quantizers::float::nvfp4::{self, Layout, Producer};
 use qtool_quantizers::float::{Matrix, Options};
 use qtool_quantizers::int::{self, rtn, GptqZeros};
-
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e @ KernelError::NoGpu(_)) => {
-            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
-            }
-            println!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
-}
-
-/// Deterministic values in [-1, 1) (xorshift64*).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-            v as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` in f64, returned as f32.
 fn cpu_gemm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
