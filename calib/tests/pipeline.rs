@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use qtool_calib::calibration::{CalibSource, CalibSpec};
 use qtool_calib::engine::Model;
-use qtool_calib::pipeline::{self, Method, Options, PipelineError};
+use qtool_calib::pipeline::{self, Device, Method, Options, PipelineError};
 use qtool_quantizers::export::{self, output, IntOptions, Layout, Request};
 
 fn fixture_with_tokenizer(dir: &Path) -> PathBuf {
@@ -70,6 +70,20 @@ fn run(
     resume: bool,
     stop_after: Option<usize>,
 ) -> Result<Run, PipelineError> {
+    run_on(model_dir, calib, out, method, layout, resume, stop_after, Device::Auto)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    model_dir: &Path,
+    calib: &Path,
+    out: &Path,
+    method: Method,
+    layout: Layout,
+    resume: bool,
+    stop_after: Option<usize>,
+    device: Device,
+) -> Result<Run, PipelineError> {
     let model = Model::open(model_dir).unwrap();
     let spec = export::lookup("w4a16").unwrap();
     let req = Request::new(spec, Some(layout), &[], &[], false)
@@ -89,7 +103,7 @@ fn run(
         output: out.to_path_buf(),
         resume,
     };
-    let outcome = pipeline::run(&model, &plan, &opts, &mut |b| {
+    let outcome = pipeline::run_on(&model, &plan, &opts, device, &mut |b| {
         if stop_after == Some(b.block) {
             ControlFlow::Break(())
         } else {
@@ -161,4 +175,72 @@ fn results_do_not_depend_on_the_thread_count() {
         })
     };
     assert!(with(1, "t1") == with(3, "t3"));
+}
+
+/// The GPU pipeline (forward passes, device Hessians, GPU GPTQ, device error log) against the
+/// CPU pipeline on the same model and calibration text. The two forward passes differ by f32
+/// rounding (cuBLAS vs the CPU SGEMM), which moves Hessians by ~1e-6 relative and can flip
+/// GPTQ's rounding ties, so codes are compared by share, errors by a relative bound.
+#[test]
+fn gptq_on_the_gpu_matches_the_cpu_pipeline() {
+    match qtool_kernels::Gpu::open(0) {
+        Ok(_) => {}
+        Err(e) => {
+            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
+            }
+            println!("skipped: {e}");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_with_tokenizer(tmp.path());
+    let calib = calib_file(tmp.path());
+    let go = |name: &str, device| {
+        let out = tmp.path().join(name);
+        run_on(&model, &calib, &out, Method::Gptq, Layout::Gptq, false, None, device).unwrap()
+    };
+    let cpu = go("cpu", Device::Cpu);
+    let gpu = go("gpu", Device::Cuda);
+    assert_eq!((cpu.log.device.as_str(), gpu.log.device.as_str()), ("cpu", "cuda"));
+    assert_eq!(gpu.log.block_seconds.len(), cpu.log.block_seconds.len());
+    assert_eq!(cpu.log.layers.len(), gpu.log.layers.len());
+    for (c, g) in cpu.log.layers.iter().zip(&gpu.log.layers) {
+        assert_eq!(c.name, g.name);
+        let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
+        assert!(
+            rel(c.rtn_error, g.rtn_error) < 1e-3,
+            "{}: rtn {} vs {}",
+            c.name,
+            c.rtn_error,
+            g.rtn_error
+        );
+        assert!(rel(c.error, g.error) < 5e-2, "{}: gptq {} vs {}", c.name, c.error, g.error);
+        assert_eq!(c.damp, g.damp, "{}", c.name);
+    }
+    assert_eq!(cpu.files.len(), gpu.files.len());
+    let differ = cpu.files.iter().zip(&gpu.files).filter(|(a, b)| a != b).count();
+    assert!(differ * 100 <= cpu.files.len(), "{differ} of {} bytes differ", cpu.files.len());
+    // Same device, same bytes.
+    let again = go("gpu-again", Device::Cuda);
+    assert!(again.files == gpu.files, "GPU pipeline is not deterministic");
+}
+
+#[test]
+fn device_cuda_without_a_gpu_is_an_error_and_cpu_is_logged() {
+    if qtool_kernels::Gpu::open(0).is_ok() {
+        println!("skipped: a GPU is present");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_with_tokenizer(tmp.path());
+    let calib = calib_file(tmp.path());
+    let out = tmp.path().join("q");
+    let err = run_on(&model, &calib, &out, Method::Gptq, Layout::Gptq, false, None, Device::Cuda)
+        .err()
+        .expect("--device cuda without a GPU must fail");
+    assert!(err.to_string().contains("--device cuda"), "{err}");
+    let r = run_on(&model, &calib, &out, Method::Gptq, Layout::Gptq, false, None, Device::Auto)
+        .unwrap();
+    assert_eq!(r.log.device, "cpu");
 }

@@ -116,6 +116,15 @@ extern "C" __global__ void upper_from_inverse(const double* __restrict__ x, floa
     }
 }
 
+// d = a − b (b may be null: d = a), widened to f64 for the output-error quadratic form.
+extern "C" __global__ void diff_f64(const float* __restrict__ a, const float* __restrict__ b,
+                                    double* __restrict__ d, u64 len) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (u64)gridDim.x * blockDim.x) {
+        d[i] = b ? (double)a[i] - (double)b[i] : (double)a[i];
+    }
+}
+
 // wp[r][j] = w[r][perm[j]], or 0 where that input column is dead: the weight in visiting order.
 extern "C" __global__ void permute_cols(const float* __restrict__ w, const int* __restrict__ perm,
                                         const u8* __restrict__ dead, float* __restrict__ wp, int n,

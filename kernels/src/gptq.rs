@@ -194,6 +194,96 @@ impl GpuHessian {
     }
 }
 
+/// `‖X·Wᵀ − X·Ŵᵀ‖² / ‖X·Wᵀ‖²` for each `Ŵ` of `w_hats` (all `[N, K]` row-major f32), with
+/// `gram` = `XᵀX` at any positive scale (`K×K` f64 on the device, e.g. [`GpuHessian::hessian`]
+/// of held-out tokens): the GPU twin of `ptq::output_error`. Each quadratic form
+/// `Σ_r d_r·G·d_rᵀ` is one DGEMM and one dot product in f64, so the large layers of a 7B model
+/// cost milliseconds instead of the CPU's seconds.
+pub fn output_errors(
+    g: &GptqGpu<'_>,
+    w: &[f32],
+    w_hats: &[&[f32]],
+    n: usize,
+    k: usize,
+    gram: &CudaSlice<f64>,
+) -> KResult<Vec<f64>> {
+    let nk = n * k;
+    if w.len() != nk || w_hats.iter().any(|h| h.len() != nk) {
+        return Err(KernelError::Shape(format!("output error: weights are not [{n}, {k}]")));
+    }
+    if gram.len() < k * k {
+        return Err(KernelError::Shape(format!(
+            "output error: gram of {} for K = {k}",
+            gram.len()
+        )));
+    }
+    let (ni, ki, nki) = (dim(n, "N")?, dim(k, "K")?, dim(nk, "N·K")?);
+    let gpu = g.gpu;
+    let w_d = gpu.upload(w)?;
+    let mut hat_d = gpu.zeros::<f32>(nk)?;
+    let mut d = gpu.zeros::<f64>(nk)?;
+    let mut p = gpu.zeros::<f64>(nk)?;
+    let f_diff = gpu.function(&SRC, "diff_f64")?;
+    let len = nk as u64;
+    let null = 0u64;
+    // Σ_r d_r G d_rᵀ: d is row-major [N, K] = column-major K×N (ld K); P = G·D, then ⟨D, P⟩.
+    let mut quad = |hat: Option<&[f32]>| -> KResult<f64> {
+        let mut b = gpu.stream().launch_builder(&f_diff);
+        b.arg(&w_d);
+        if let Some(h) = hat {
+            gpu.stream().memcpy_htod(h, &mut hat_d)?;
+            b.arg(&hat_d);
+        } else {
+            b.arg(&null);
+        }
+        b.arg(&mut d).arg(&len);
+        launch(gpu, &f_diff, "diff_f64", b, config(GptqGpu::ew_grid(nk)?, (EW_THREADS, 1, 1), 0))?;
+        let stream = gpu.stream();
+        let (gp, _gg) = gram.device_ptr(stream);
+        let (dp, _gd) = d.device_ptr(stream);
+        let (pp, _gp) = p.device_ptr_mut(stream);
+        let (one, zero) = (1.0f64, 0.0f64);
+        let mut out = 0f64;
+        // SAFETY: gram is K×K, d and p are K×N (ld K) f64 on this stream; the result pointer is
+        // a host f64 (the handle's default host pointer mode), read after the call returns.
+        unsafe {
+            let st = cb::cublasDgemm_v2(
+                *g.blas.handle(),
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                ki,
+                ni,
+                ki,
+                &one,
+                gp as *const f64,
+                ki,
+                dp as *const f64,
+                ki,
+                &zero,
+                pp as *mut f64,
+                ki,
+            );
+            blas_check(st, "cublasDgemm (output error)")?;
+            let st = cb::cublasDdot_v2(
+                *g.blas.handle(),
+                nki,
+                dp as *const f64,
+                1,
+                pp as *const f64,
+                1,
+                &mut out,
+            );
+            blas_check(st, "cublasDdot (output error)")?;
+        }
+        Ok(out)
+    };
+    let sig = quad(None)?;
+    w_hats
+        .iter()
+        .map(|h| quad(Some(h)).map(|err| if sig > 0.0 { err / sig } else { err }))
+        .collect()
+}
+
 /// The factorized Hessian of one layer input (the GPU twin of `ptq::gptq::Prepared`).
 pub struct GpuFactor {
     k: usize,

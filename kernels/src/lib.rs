@@ -11,6 +11,7 @@
 pub mod error;
 pub mod gpu;
 pub mod launch;
+pub mod llama;
 pub mod libs;
 pub mod marlin;
 pub mod nvrtc;

@@ -205,3 +205,33 @@ fn gptq_gpu_refuses_dynamic_groups_and_wide_blocks() {
         Err(KernelError::Shape(_))
     ));
 }
+
+#[test]
+fn output_errors_on_the_gpu_equal_the_cpu_quadratic_form() {
+    let Some(g) = gpu() else { return };
+    let gg = GptqGpu::new(&g).unwrap();
+    let (n, k, t) = (48, 96, 300);
+    let x = activations(t, k, 21);
+    let mut cpu_h = Hessian::new(k);
+    cpu_h.add(&x).unwrap();
+    let gram = cpu_h.gram().unwrap();
+    let mut gh = GpuHessian::new(&gg, k).unwrap();
+    gh.add(&gg, &x).unwrap();
+    let h_dev = gh.hessian(&gg).unwrap(); // 2·XᵀX/T: a positive multiple of the gram
+    let w = values(22, n * k);
+    let noisy: Vec<f32> = w.iter().zip(values(23, n * k)).map(|(a, e)| a + 0.01 * e).collect();
+    let coarse: Vec<f32> = w.iter().map(|a| (a * 4.0).round() / 4.0).collect();
+    let got =
+        qtool_kernels::gptq::output_errors(&gg, &w, &[&noisy, &coarse, &w], n, k, &h_dev).unwrap();
+    let want = [
+        output_error(&w, &noisy, n, k, &gram).unwrap(),
+        output_error(&w, &coarse, n, k, &gram).unwrap(),
+    ];
+    for (gv, wv) in got.iter().zip(want) {
+        // The CPU forms G·d in f32 (sgemm), the GPU in f64.
+        assert!((gv - wv).abs() <= 1e-4 * wv.abs().max(1e-12), "{gv} vs {wv}");
+    }
+    assert!(got[0] > 0.0 && got[1] > got[0], "{got:?}");
+    assert_eq!(got[2], 0.0);
+    assert!(qtool_kernels::gptq::output_errors(&gg, &w, &[&w[1..]], n, k, &h_dev).is_err());
+}

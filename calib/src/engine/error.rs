@@ -38,6 +38,10 @@ pub enum EngineError {
     /// the wrong width).
     #[error("{0}")]
     Usage(String),
+
+    /// The GPU forward path failed, or found no usable GPU ([`qtool_kernels::KernelError::NoGpu`]).
+    #[error(transparent)]
+    Gpu(#[from] qtool_kernels::KernelError),
 }
 
 impl EngineError {

@@ -39,10 +39,13 @@
 //! * GGUF `llama` q/k rows are returned in Hugging Face order (the permutation is undone on
 //!   load); a quantizer that writes GGUF must permute back (`qtool_formats::naming::permute_qk`).
 //! * Results do not depend on the rayon thread count.
+//! * [`gpu`] holds the GPU twin ([`GpuBlock`], [`GpuHead`]): the same block over many stacked
+//!   windows at once, with cuBLAS FP32 GEMMs, equal to the CPU within f32 rounding.
 
 mod block;
 mod config;
 mod error;
+pub mod gpu;
 mod matrix;
 mod model;
 pub mod ops;
@@ -51,5 +54,6 @@ mod weights;
 pub use block::{Block, Capture, Linear, Site};
 pub use config::{ModelConfig, Rope, RopeKind};
 pub use error::{EngineError, Result};
+pub use gpu::{GpuBlock, GpuCapture, GpuHead};
 pub use matrix::{gemm_xwt, panel_width, Matrix};
 pub use model::{Head, Model};

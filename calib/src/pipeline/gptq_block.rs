@@ -1,13 +1,13 @@
-//! GPTQ of one block: one factorized Hessian per input site, shared by the linears reading it.
-//! With a GPU the factorization and the column loop run there (`qtool_kernels::gptq`, equal to
-//! the CPU code up to rounding ties); statistics and the forward pass stay on the CPU.
+//! GPTQ of one block on the CPU: one factorized Hessian per input site, shared by the linears
+//! reading it. With a GPU the whole block runs there instead ([`super::gpu`]; its GPTQ equals
+//! this code up to rounding ties).
 
 use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
 use qtool_quantizers::ptq::gptq::{quantize_prepared, Prepared};
 use qtool_quantizers::ptq::{output_error, GptqConfig};
 
-use qtool_kernels::gptq::{gptq_quantize, GptqGpu, GpuFactor};
+use qtool_kernels::gptq::GptqGpu;
 use qtool_kernels::{Gpu, KernelError};
 
 use super::{Device, LayerLog, Options, PipelineError, SiteStats, Store, Target};
@@ -36,12 +36,6 @@ pub(super) fn open_gpu(device: Device) -> Result<Option<Gpu>, PipelineError> {
     }
 }
 
-/// One factorized Hessian, on the device that will use it.
-enum Factor<'a, 'g> {
-    Cpu(Prepared),
-    Gpu(GpuFactor, &'a GptqGpu<'g>),
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize(
     block: &mut Block,
@@ -52,13 +46,7 @@ pub(super) fn quantize(
     settings: &IntSettings,
     opts: &Options,
     store: &Store,
-    gpu: Option<&Gpu>,
 ) -> Result<Vec<LayerLog>, PipelineError> {
-    let gpu_err = |layer: &str| {
-        let layer = layer.to_owned();
-        move |source| PipelineError::Gpu { layer, source }
-    };
-    let solver = gpu.map(GptqGpu::new).transpose().map_err(gpu_err(""))?;
     let mut logs = Vec::new();
     let bi = block.index;
     for site in Site::ALL {
@@ -79,30 +67,14 @@ pub(super) fn quantize(
             c.static_groups = true;
             c
         };
-        let prep = match &solver {
-            Some(g) => Factor::Gpu(
-                GpuFactor::from_host(g, &h, st.k(), &cfg_of(first))
-                    .map_err(gpu_err(&first.name))?,
-                g,
-            ),
-            None => Factor::Cpu(
-                Prepared::new(&h, st.k(), &cfg_of(first)).map_err(layer_err(&first.name))?,
-            ),
-        };
+        let prep = Prepared::new(&h, st.k(), &cfg_of(first)).map_err(layer_err(&first.name))?;
         drop(h);
         for t in at {
             let cfg = cfg_of(t);
             let lin = super::linear_mut(block, t.slot);
             let (n, k) = (lin.weight.rows, lin.weight.cols);
             let w = &lin.weight.data;
-            let out = match &prep {
-                Factor::Gpu(f, g) => {
-                    gptq_quantize(g, w, n, k, f, &cfg).map_err(gpu_err(&t.name))?.0
-                }
-                Factor::Cpu(p) => {
-                    quantize_prepared(w, n, k, p, &cfg).map_err(layer_err(&t.name))?
-                }
-            };
+            let out = quantize_prepared(w, n, k, &prep, &cfg).map_err(layer_err(&t.name))?;
             let int_err = |source| PipelineError::Int { layer: t.name.clone(), source };
             let deq = dequantize(&out.q).map_err(int_err)?;
             let rtn =

@@ -42,6 +42,13 @@ pub struct CalibLog {
     pub act_order: bool,
     pub calibration: CalibInfo,
     pub seconds: f64,
+    /// Where the blocks ran: `"cuda"` (forward, statistics and GPTQ on the GPU) or `"cpu"`.
+    #[serde(default)]
+    pub device: String,
+    /// Wall seconds of each block (capture, quantization, quantized pass, resume state), in
+    /// block order; a resumed run keeps the times of the blocks it did not redo.
+    #[serde(default)]
+    pub block_seconds: Vec<f64>,
     pub layers: Vec<LayerLog>,
     pub summary: Summary,
 }

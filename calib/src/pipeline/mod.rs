@@ -18,6 +18,7 @@
 
 mod awq_block;
 mod gptq_block;
+mod gpu;
 pub mod log;
 pub mod store;
 
@@ -94,7 +95,8 @@ pub struct Options {
     pub resume: bool,
 }
 
-/// Where GPTQ's solve runs (`--device`); the block forward pass always runs on the CPU.
+/// Where the pipeline runs (`--device`). GPTQ on the GPU runs everything there (forward passes,
+/// statistics, factorization, solve, error log); AWQ's search runs on the CPU either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     /// The GPU when one is usable, else the CPU (with one line on stderr).
@@ -191,6 +193,8 @@ struct State {
     fingerprint: Fingerprint,
     next_block: usize,
     seconds: f64,
+    #[serde(default)]
+    block_seconds: Vec<f64>,
     layers: Vec<LayerLog>,
 }
 
@@ -289,6 +293,7 @@ pub fn run_on(
                     fingerprint: fingerprint.clone(),
                     next_block: 0,
                     seconds: 0.0,
+                    block_seconds: Vec::new(),
                     layers: Vec::new(),
                 };
                 (state, hidden)
@@ -297,37 +302,45 @@ pub fn run_on(
     let started_at = state.next_block;
     let positions: Vec<usize> = (0..opts.calib.seqlen).collect();
     let n_calib = calib.samples.len();
+    let mut on_gpu = match &gpu {
+        Some(g) => {
+            let p = gpu::GpuPipeline::new(g, &hidden, n_calib, opts.calib.seqlen)?;
+            hidden = Vec::new(); // the device holds the streams now
+            Some(p)
+        }
+        None => None,
+    };
     for i in state.next_block..cfg.n_layers {
         let t0 = Instant::now();
         let mut block = model.load_block(i)?;
         let targets = targets_of(i);
         let mut logs = Vec::new();
-        if !targets.is_empty() {
-            let (stats, held) = capture(&block, &hidden, n_calib, &positions)?;
-            logs = match opts.method {
-                Method::Gptq => gptq_block::quantize(
-                    &mut block,
-                    &targets,
-                    &stats,
-                    &held,
-                    plan,
-                    &settings,
-                    opts,
-                    &store,
-                    gpu.as_ref(),
-                )?,
-                Method::Awq => awq_block::quantize(
-                    &mut block, &targets, &stats, &held, plan, &settings, &store,
-                )?,
-            };
+        if let Some(p) = on_gpu.as_mut() {
+            logs = p.run_block(&mut block, &targets, plan, &settings, opts, &store)?;
+            drop(block);
+            let (c, h) = p.download()?;
+            save_hidden(&store, &[&c, &h])?;
+        } else {
+            if !targets.is_empty() {
+                let (stats, held) = capture(&block, &hidden, n_calib, &positions)?;
+                logs = match opts.method {
+                    Method::Gptq => gptq_block::quantize(
+                        &mut block, &targets, &stats, &held, plan, &settings, opts, &store,
+                    )?,
+                    Method::Awq => awq_block::quantize(
+                        &mut block, &targets, &stats, &held, plan, &settings, &store,
+                    )?,
+                };
+            }
+            for h in hidden.iter_mut() {
+                block.forward(h, &positions, None)?;
+            }
+            drop(block);
+            save_hidden(&store, &hidden.iter().map(|h| h.data.as_slice()).collect::<Vec<_>>())?;
         }
-        for h in hidden.iter_mut() {
-            block.forward(h, &positions, None)?;
-        }
-        drop(block);
-        save_hidden(&store, &hidden)?;
         state.next_block = i + 1;
         state.seconds += t0.elapsed().as_secs_f64();
+        state.block_seconds.push(t0.elapsed().as_secs_f64());
         state.layers.extend(logs.iter().cloned());
         save_state(&store, &state)?;
         let done = BlockDone {
@@ -351,6 +364,8 @@ pub fn run_on(
         act_order: opts.act_order && opts.method == Method::Gptq,
         calibration: calib_info(&calib, &opts.calib),
         seconds: state.seconds,
+        device: if gpu.is_some() { "cuda" } else { "cpu" }.into(),
+        block_seconds: state.block_seconds,
         summary: Summary::of(&state.layers),
         layers: state.layers,
     };
@@ -405,12 +420,20 @@ fn capture(
     Ok((stats, held))
 }
 
-fn save_hidden(store: &Store, hidden: &[Matrix]) -> Result<(), PipelineError> {
-    let mut b = Vec::with_capacity(hidden.iter().map(|h| h.data.len() * 4).sum());
-    for h in hidden {
-        b.extend(h.data.iter().flat_map(|v| v.to_le_bytes()));
-    }
-    store::write_atomic(&store.hidden_path(), &b)
+/// The residual streams, window after window, as little-endian f32 (streamed: a 7B model's
+/// streams are a gigabyte).
+fn save_hidden(store: &Store, parts: &[&[f32]]) -> Result<(), PipelineError> {
+    store::write_atomic_with(&store.hidden_path(), |w| {
+        let mut buf = Vec::with_capacity(1 << 20);
+        for part in parts {
+            for chunk in part.chunks(1 << 18) {
+                buf.clear();
+                buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+                w.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 fn save_state(store: &Store, state: &State) -> Result<(), PipelineError> {

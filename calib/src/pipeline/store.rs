@@ -54,10 +54,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
 /// files per block would cost more than the block's arithmetic, and surviving a power loss is
 /// not what `--resume` is for.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content produced piece by piece by `fill` (through a buffered writer).
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), PipelineError> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    drop(f);
+    let f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    fill(&mut w).and_then(|()| w.flush()).map_err(io_err(&tmp))?;
+    drop(w);
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 

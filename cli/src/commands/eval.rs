@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use qtool_calib::engine::Model;
-use qtool_calib::eval::{perplexity, PplOptions};
+use qtool_calib::eval::{perplexity, perplexity_gpu, PplOptions};
 use qtool_calib::tokenizer::Tokenizer;
 use serde::Serialize;
 
@@ -27,13 +27,14 @@ pub struct EvalArgs {
     /// Score only the first N windows.
     #[arg(long, value_name = "N")]
     pub max_windows: Option<usize>,
-    /// Where the forward pass runs.
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    /// Where the forward pass runs: `auto` uses GPU 0 when one is usable, else the CPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
+    Auto,
     Cpu,
     Cuda,
 }
@@ -56,11 +57,24 @@ struct Report<'a> {
 }
 
 pub fn run(args: &EvalArgs, out: &Output) -> anyhow::Result<ExitCode> {
-    if args.device == Device::Cuda {
-        anyhow::bail!(
-            "--device cuda: the GPU forward path is not available in this build; use --device cpu"
-        );
-    }
+    // `cuda` must have a GPU; `auto` takes one when there is one, quietly runs on the CPU on a
+    // machine without one, and says why in one line when a GPU is there but unusable.
+    let gpu = match args.device {
+        Device::Cpu => None,
+        Device::Cuda => {
+            Some(qtool_kernels::Gpu::open(0).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?)
+        }
+        Device::Auto => match qtool_kernels::Gpu::open(0) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                if !e.is_no_gpu() && !out.quiet && !out.json {
+                    eprintln!("qtool: eval runs on the CPU ({e})");
+                }
+                None
+            }
+        },
+    };
+    let device = if gpu.is_some() { "cuda" } else { "cpu" };
     let model = Model::open(&args.input)?;
     let tokenizer = Tokenizer::for_model(&model)?;
     let bytes =
@@ -83,10 +97,14 @@ pub fn run(args: &EvalArgs, out: &Output) -> anyhow::Result<ExitCode> {
     }
     let opts = PplOptions { ctx: args.ctx, max_windows: args.max_windows, ..PplOptions::default() };
     let bar = count_bar(out, "eval");
-    let report = perplexity(&model, &tokens, &opts, &mut |done, total| {
+    let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    };
+    let report = match &gpu {
+        Some(g) => perplexity_gpu(&model, &tokens, &opts, g, &mut progress)?,
+        None => perplexity(&model, &tokens, &opts, &mut progress)?,
+    };
     bar.finish_and_clear();
     let cfg = model.config();
     if out.json {
@@ -95,7 +113,7 @@ pub fn run(args: &EvalArgs, out: &Output) -> anyhow::Result<ExitCode> {
             model: args.input.display().to_string(),
             text: args.ppl.display().to_string(),
             arch: cfg.arch,
-            device: "cpu",
+            device,
             ppl: report.ppl,
             nll: report.nll,
             tokens: report.tokens,
@@ -107,7 +125,7 @@ pub fn run(args: &EvalArgs, out: &Output) -> anyhow::Result<ExitCode> {
         })?;
     } else {
         out.print(&format!(
-            "perplexity {:.4} (nll {:.5} nats/token) over {} tokens: {} windows of {}, {} text tokens; {:.1} s, {:.0} tokens/s (cpu)\n",
+            "perplexity {:.4} (nll {:.5} nats/token) over {} tokens: {} windows of {}, {} text tokens; {:.1} s, {:.0} tokens/s ({})\n",
             report.ppl,
             report.nll,
             report.tokens,
@@ -115,7 +133,8 @@ pub fn run(args: &EvalArgs, out: &Output) -> anyhow::Result<ExitCode> {
             report.ctx,
             report.text_tokens,
             report.seconds,
-            report.tokens_per_second
+            report.tokens_per_second,
+            device
         ))?;
     }
     Ok(ExitCode::SUCCESS)

@@ -310,6 +310,8 @@ mod tests {
                 text_tokens: 1,
             },
             seconds: 0.0,
+            device: "cpu".into(),
+            block_seconds: vec![],
             layers: vec![
                 layer("a", 1.0, 0.5),
                 layer("b", 1.0, 0.9),

@@ -1,0 +1,218 @@
+//! The pipeline's GPU path (GPTQ): the residual streams of every window live on the device for
+//! the whole run, each block is uploaded once, its inputs are captured straight into device
+//! Hessians (cuBLAS SSYRK into f64), GPTQ factorizes and solves there, and the quantized pass
+//! runs there too. The host only decodes weights from the checkpoint, rounds the RTN baseline,
+//! packs the results and writes the resume state.
+//!
+//! Peak device memory for a 7B-shaped model with 128 × 512 calibration tokens: the two sets of
+//! residual streams (≈ 1.1 GB) and their copy for the capture pass, one block of f32 weights
+//! (≈ 0.8 GB), the forward pass's scratch, and the f64 `K×K` matrices of one input site at a time
+//! (≈ 1 GB each for `down_proj`'s 11008 inputs).
+
+use qtool_kernels::llama::CudaSlice;
+
+use qtool_kernels::gptq::{gptq_quantize, output_errors, GptqGpu, GpuFactor, GpuHessian};
+use qtool_kernels::llama::LlamaGpu;
+use qtool_kernels::{Gpu, KernelError};
+use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
+use qtool_quantizers::int::{dequantize, quantize_for_storage};
+use qtool_quantizers::ptq::GptqConfig;
+
+use super::{site_index, LayerLog, Options, PipelineError, Store, Target};
+use crate::engine::{Block, EngineError, GpuBlock, Matrix, Site};
+
+fn gpu_err(layer: &str) -> impl FnOnce(KernelError) -> PipelineError + '_ {
+    move |source| PipelineError::Gpu { layer: layer.to_owned(), source }
+}
+
+/// The device state of one run: handles and the residual streams of the calibration and
+/// held-out windows (`[windows·seqlen, hidden]` each, window order as on the host).
+pub(super) struct GpuPipeline<'g> {
+    ops: LlamaGpu<'g>,
+    gg: GptqGpu<'g>,
+    calib: CudaSlice<f32>,
+    held: CudaSlice<f32>,
+    n_calib: usize,
+    n_held: usize,
+    seqlen: usize,
+}
+
+/// `Σ xxᵀ` of the four input sites of one block, on the device.
+#[derive(Default)]
+struct DeviceStats {
+    sites: [Option<GpuHessian>; 4],
+}
+
+impl DeviceStats {
+    fn add(
+        &mut self,
+        gg: &GptqGpu<'_>,
+        site: Site,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        k: usize,
+    ) -> Result<(), KernelError> {
+        let slot = &mut self.sites[site_index(site)];
+        if slot.is_none() {
+            *slot = Some(GpuHessian::new(gg, k)?);
+        }
+        slot.as_mut().expect("just set").add_device(gg, x, rows)
+    }
+
+    fn get(&self, site: Site, block: usize) -> Result<&GpuHessian, PipelineError> {
+        self.sites[site_index(site)].as_ref().ok_or_else(|| {
+            PipelineError::Usage(format!("block {block}: no activations were captured at {site:?}"))
+        })
+    }
+}
+
+impl<'g> GpuPipeline<'g> {
+    /// Uploads the residual streams (`hidden`: calibration windows first, then held-out ones).
+    pub fn new(
+        gpu: &'g Gpu,
+        hidden: &[Matrix],
+        n_calib: usize,
+        seqlen: usize,
+    ) -> Result<Self, PipelineError> {
+        let ops = LlamaGpu::new(gpu).map_err(gpu_err(""))?;
+        let gg = GptqGpu::new(gpu).map_err(gpu_err(""))?;
+        let upload = |ms: &[Matrix]| -> Result<CudaSlice<f32>, PipelineError> {
+            let mut flat = Vec::with_capacity(ms.iter().map(|m| m.data.len()).sum());
+            for m in ms {
+                flat.extend_from_slice(&m.data);
+            }
+            gpu.upload(&flat).map_err(gpu_err(""))
+        };
+        let (c, h) = hidden.split_at(n_calib);
+        Ok(GpuPipeline {
+            calib: upload(c)?,
+            held: upload(h)?,
+            ops,
+            gg,
+            n_calib,
+            n_held: h.len(),
+            seqlen,
+        })
+    }
+
+    /// The residual streams back on the host (calibration windows, then held-out), for the
+    /// resume state.
+    pub fn download(&self) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
+        let gpu = self.gg.gpu();
+        Ok((
+            gpu.download(&self.calib).map_err(gpu_err(""))?,
+            gpu.download(&self.held).map_err(gpu_err(""))?,
+        ))
+    }
+
+    /// Block `block` of the pipeline: capture pass over a copy of the streams, GPTQ of every
+    /// target, then the quantized pass that moves the streams on. Targets' host weights are
+    /// replaced by their quantized-dequantized values, like the CPU path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_block(
+        &mut self,
+        block: &mut Block,
+        targets: &[Target],
+        plan: &QuantizePlan,
+        settings: &IntSettings,
+        opts: &Options,
+        store: &Store,
+    ) -> Result<Vec<LayerLog>, PipelineError> {
+        let bi = block.index;
+        let mut dev = GpuBlock::upload(&self.ops, block)?;
+        let mut logs = Vec::new();
+        if !targets.is_empty() {
+            let site_k = [
+                block.q.weight.cols,
+                block.o.weight.cols,
+                block.gate.weight.cols,
+                block.down.weight.cols,
+            ];
+            let stats = self.capture(&dev, &site_k, false)?;
+            let held = self.capture(&dev, &site_k, true)?;
+            for site in Site::ALL {
+                let at: Vec<&Target> = targets.iter().filter(|t| t.site == site).collect();
+                let Some(first) = at.first() else { continue };
+                let cfg_of = |t: &Target| {
+                    let (rtn, sd) = int_layer::rtn_config(plan.layout, settings, t.layer.dtype);
+                    let mut c = GptqConfig::new(rtn, sd);
+                    c.damp = opts.damp;
+                    c.act_order = opts.act_order;
+                    c.static_groups = true;
+                    c
+                };
+                let k = super::linear_mut(block, first.slot).weight.cols;
+                let factor = {
+                    let h = stats.get(site, bi)?.hessian(&self.gg).map_err(gpu_err(&first.name))?;
+                    GpuFactor::new(&self.gg, &h, k, &cfg_of(first)).map_err(gpu_err(&first.name))?
+                };
+                let held_gram =
+                    held.get(site, bi)?.hessian(&self.gg).map_err(gpu_err(&first.name))?;
+                for t in at {
+                    let cfg = cfg_of(t);
+                    let lin = super::linear_mut(block, t.slot);
+                    let (n, k) = (lin.weight.rows, lin.weight.cols);
+                    let w = &lin.weight.data;
+                    let out = gptq_quantize(&self.gg, w, n, k, &factor, &cfg)
+                        .map_err(gpu_err(&t.name))?
+                        .0;
+                    let int_err = |source| PipelineError::Int { layer: t.name.clone(), source };
+                    let deq = dequantize(&out.q).map_err(int_err)?;
+                    let rtn = quantize_for_storage(w, n, k, &cfg.rtn, None, cfg.scale_dtype)
+                        .map_err(int_err)?;
+                    let rtn_deq = dequantize(&rtn).map_err(int_err)?;
+                    let errs = output_errors(&self.gg, w, &[&rtn_deq, &deq], n, k, &held_gram)
+                        .map_err(gpu_err(&t.name))?;
+                    store.put_quantized(&t.name, &out.q)?;
+                    dev.set_weight(&self.ops, t.slot, &deq)?;
+                    lin.weight.data = deq;
+                    logs.push(LayerLog {
+                        name: t.name.clone(),
+                        block: bi,
+                        shape: [n, k],
+                        rtn_error: errs[0],
+                        error: errs[1],
+                        damp: out.damp,
+                        alpha: None,
+                        fallback: out.fallback,
+                    });
+                }
+            }
+        }
+        let seqlen = self.seqlen;
+        dev.forward(&self.ops, &mut self.calib, self.n_calib, seqlen, None)?;
+        if self.n_held > 0 {
+            dev.forward(&self.ops, &mut self.held, self.n_held, seqlen, None)?;
+        }
+        Ok(logs)
+    }
+
+    /// Runs a copy of the calibration (or held-out) streams through the unquantized block and
+    /// accumulates every site's `Σ xxᵀ`.
+    fn capture(
+        &self,
+        dev: &GpuBlock,
+        site_k: &[usize; 4],
+        held: bool,
+    ) -> Result<DeviceStats, PipelineError> {
+        let mut stats = DeviceStats::default();
+        let windows = if held { self.n_held } else { self.n_calib };
+        if windows == 0 {
+            return Ok(stats);
+        }
+        let src = if held { &self.held } else { &self.calib };
+        let stream = self.gg.gpu().stream();
+        let mut x = stream.clone_dtod(src).map_err(|e| gpu_err("")(KernelError::from(e)))?;
+        let gg = &self.gg;
+        dev.forward(
+            &self.ops,
+            &mut x,
+            windows,
+            self.seqlen,
+            Some(&mut |site: Site, m: &CudaSlice<f32>, rows: usize| -> Result<(), EngineError> {
+                stats.add(gg, site, m, rows, site_k[site_index(site)]).map_err(EngineError::from)
+            }),
+        )?;
+        Ok(stats)
+    }
+}
