@@ -1,4 +1,4 @@
-//! `qtool quantize --method gptq --device auto|cuda|cpu`: where GPTQ's solve runs. Without a
+//! `qtool quantize --method gptq --device auto|cuda|cpu`: where the pipeline runs. Without a
 //! usable GPU `--device cuda` is an exit-2 error naming the reason and `auto` falls back to the
 //! CPU (saying so on stderr); with one, the GPU and CPU runs agree on every layer's error.
 
@@ -52,6 +52,11 @@ fn layer_errors(log: &Path) -> Vec<(String, f64)> {
         .collect()
 }
 
+fn log_device(log: &Path) -> String {
+    let v: Value = serde_json::from_slice(&std::fs::read(log).unwrap()).unwrap();
+    v["device"].as_str().unwrap_or_default().to_owned()
+}
+
 #[test]
 fn device_cuda_without_gpu_is_a_usage_error_and_auto_falls_back() {
     if gpu_present() {
@@ -90,10 +95,13 @@ fn device_gpu_and_cpu_runs_agree() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let (o, log_cpu) = quantize(dir.path(), &tiny, "cpu", &flags("cpu"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!((log_device(&log_gpu).as_str(), log_device(&log_cpu).as_str()), ("cuda", "cpu"));
     let (g, c) = (layer_errors(&log_gpu), layer_errors(&log_cpu));
     assert_eq!(g.len(), c.len());
+    // The GPU forward pass differs from the CPU's by f32 rounding, which can flip GPTQ's
+    // rounding ties: the errors agree closely, not exactly.
     for ((name, eg), (_, ec)) in g.iter().zip(&c) {
-        assert!((eg - ec).abs() <= 1e-3 * ec.abs().max(1e-12), "{name}: gpu {eg} vs cpu {ec}");
+        assert!((eg - ec).abs() <= 5e-2 * ec.abs().max(1e-12), "{name}: gpu {eg} vs cpu {ec}");
     }
 }
 
