@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod gpu;
+pub mod hbm;
 pub mod launch;
 pub mod llama;
 pub mod libs;
