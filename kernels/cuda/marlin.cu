@@ -23,19 +23,16 @@
 //   per group instead of every f16 weight pair; the B-fragment words are already A fragments.
 // No headers: everything below is plain C++ and inline PTX, so NVRTC needs no include path.
 //
-// Measured status (H200, kernels/examples/bench_marlin.rs, back-to-back launches, group 128):
-// m = 1: 19.9 µs on 8192² (1.8× cuBLAS BF16, 35 % of HBM), 17.5 µs 4096×11008 (1.6×, 27 %),
-// 21.2 µs 11008×4096 (1.3×, 22 %), 39.8 µs 8192×28672 (2.8×, 61 %); m = 16: 0.9–1.9×; m ≥ 64
-// slower than cuBLAS (0.4–0.9×). Below the issue's 3× / 80 % goal. Nsight Compute on the
-// 8192² m = 1 launch: DRAM 25–30 % busy, long-scoreboard (memory) stalls small; the SM issues
-// only ~0.42 instructions per scheduler per cycle with 2 warps per scheduler, stalled on
-// fixed-latency dependencies ("wait"), the per-stage __syncthreads ("barrier") and the math
-// pipes. It is bound by instruction latency/count in the dequant + mma loop, not by memory:
-// bulk (TMA) copies with 4–6 stages were slower, and 16 warps per SM (two CTAs at ≤ 128
-// registers) did not help. The swapped form cut executed instructions by 23 % (7.7 M → 6.0 M)
-// and time by 17–27 %. Next steps: more independent work per warp between barriers (larger
-// k per warp, no k-warp split), a cheaper dequant (fewer ALU ops per word), and the same
-// f32-scale trick for m = 9..64.
+// Measured status of this stream kernel (H200, kernels/examples/bench_marlin.rs, back-to-back
+// launches, group 128): m = 1: 19.9 µs on 8192² (1.8× cuBLAS BF16), 17.5 µs 4096×11008 (1.5×),
+// 21.0 µs 11008×4096 (1.3×), 39.4 µs 8192×28672 (2.7×); m = 16: 0.9–1.8×; m ≥ 64 slower than
+// cuBLAS (0.4–0.9×). Nsight Compute on the 8192² m = 1 launch: DRAM 25–30 % busy, ~0.42
+// instructions issued per scheduler per cycle, stalled on fixed-latency dependencies, the
+// per-stage __syncthreads and the math pipes — bound by instruction latency/count, not memory.
+// For m ≤ 16 the register-direct kernel at the end of this file is the default (no shared-
+// memory pipeline, no barrier in its loop): 1.8–2.9× cuBLAS at m = 1, see its header and
+// docs/PERFORMANCE.md. This kernel stays the default for m > 16 (and for 9 ≤ m ≤ 16 on very
+// wide n) and selectable everywhere.
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -616,3 +613,291 @@ MARLIN_ENTRY_MB(1, 8, 4, 0)
 MARLIN_ENTRY(1, 2, 16, 3, 1, 0)
 MARLIN_ENTRY(1, 4, 16, 3, 1, 1)
 MARLIN_ENTRY(1, 2, 8, 4, 2, 1)
+
+// ---------------------------------------------------------------------------------------------
+// Register-direct small-batch kernel (m ≤ 16), `marlin_small_g{NG}_w{W}_d{D}_l{GL}`.
+//
+// Why a second kernel: at m ≤ 16 the stream kernel above is bound by instruction latency and the
+// per-stage __syncthreads of its shared-memory pipeline, not by HBM. Each Marlin 16×64 (k × n)
+// tile already stores, per lane, one 16-byte word holding exactly that lane's mma fragments, so
+// a warp can load its weights straight into registers: no shared staging, no cp.async, and no
+// barrier in the main loop. Memory-level parallelism comes from a register ring of D 128-deep
+// k blocks: while the 8 tiles of one block are dequantized and multiplied, the loads of the
+// next D blocks are in flight (4·D KiB per warp).
+//
+// Work split: a CTA owns `spc` adjacent 64-column strips and one of `splits` contiguous ranges
+// of 128-deep k blocks (as equal as integers allow); warp w works on strip w % spc and on part
+// w / spc of the CTA's k range. Several strips per CTA share one copy of the activations, whose
+// shared-memory traffic at m = 16 would otherwise equal the weight traffic. Operands are swapped
+// as in the m ≤ 8 stream variant: dequantized weights are the mma A operand (16 output columns
+// × k16), activations the B operand (8 batch rows; NG = 2 runs two mmas per word for m ≤ 16).
+// The CTA's activation rows and group scales are staged in shared memory once, before the loop
+// (while the first weight blocks are already loading). Group scales multiply f32 per-group
+// partial sums; per-channel scales multiply the final sum.
+// Reductions are deterministic: the k parts of a strip are summed through shared memory in
+// order; with splits > 1 every CTA stores its partial [m, 64·spc] block to `partial[split]`,
+// and the last CTA to arrive (atomic counter per strip group, which it resets to 0) sums the
+// splits in index order.
+// Shared memory (bytes), mirrored by `SmallConfig::smem_bytes` on the host, with
+// ncb = ceil((k/128) / splits):
+//   max(m·(64·ncb + 8)·4, W·NG·16·32·4)  [activations, later the warp reduction]
+//   + (group ? (128·ncb >> log2 group)·128·spc : 0)  [scales]
+//
+// Measured (H200, group 128, default launch shapes, docs/PERFORMANCE.md): m = 1: 16.5 µs on
+// 8192² (2.1× cuBLAS BF16, 42 % of HBM), 12.8 µs 4096×11008 (2.0×), 14.0 µs 11008×4096 (2.0×),
+// 36.5 µs 8192×28672 (2.9×, 67 %); m = 16: 1.2–1.3×. Nsight Compute, 4096×11008 m = 1: DRAM
+// 36 % busy over the launch, long-scoreboard (memory latency) the main stall, 33 % issue
+// active. Tried without gain: a two-block ring (12 warps per SM), 4-warp CTAs, L2 prefetches
+// 1–6 blocks beyond the ring (5–20 % slower). Time ≈ 7.2 µs + bytes / 4.0 TB/s over the
+// shapes (cuBLAS BF16: 6.8 µs + bytes / 4.7 TB/s); a one-CTA launch alone takes 4.8 µs.
+
+namespace {
+
+__device__ __forceinline__ int4 ldg_stream(const int4* p) {
+    int4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+template <int NG, int W, int D, int GL>
+__device__ __forceinline__ void marlin_small(const u16* __restrict__ A, const int4* __restrict__ B,
+                                             const u16* __restrict__ S, float* __restrict__ C,
+                                             float* __restrict__ partial, int* __restrict__ counters,
+                                             int m, int n, int k, int splits, int spc) {
+    constexpr int NT = W * 32;
+    constexpr int TPG = GL > 0 ? 1 << (GL - 4) : 8;  // k16 tiles per scale group
+    extern __shared__ int4 smem_i4[];
+    char* smem = reinterpret_cast<char*>(smem_i4);
+    __shared__ int last_cta;
+
+    const int strips = n / 64;
+    const int sgroups = (strips + spc - 1) / spc;
+    const int sg = blockIdx.x % sgroups;
+    const int split = blockIdx.x / sgroups;
+    const int kparts = W / spc;
+    const int kb_total = k >> 7;
+    const int ncb_max = (kb_total + splits - 1) / splits;
+    const int cb0 = (int)((long long)split * kb_total / splits);
+    const int cb1 = (int)((long long)(split + 1) * kb_total / splits);
+    const int ncb = cb1 - cb0;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int sl = warp % spc, kp = warp / spc;
+    const int strip = sg * spc + sl;
+    const int wb0 = cb0 + ncb * kp / kparts;
+    const int wb1 = strip < strips ? cb0 + ncb * (kp + 1) / kparts : wb0;
+
+    // The first D weight blocks in flight before anything else.
+    const size_t row_i4 = (size_t)n / 2;  // int4 per k16 row of B
+    const int4* bp = B + (size_t)wb0 * 8 * row_i4 + strip * 32 + lane;
+    int4 buf[D][8];
+#pragma unroll
+    for (int d = 0; d < D; d++)
+        if (wb0 + d < wb1) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) buf[d][j] = ldg_stream(bp + (d * 8 + j) * row_i4);
+        }
+
+    // Activations: the m rows of the CTA's k range, as 32-bit words with a row stride of
+    // 64·ncb + 8 words; inside each k16 tile word t (k 2t, 2t+1) is stored at 2t and word t + 4
+    // at 2t + 1, so a lane's two B registers are one 8-byte load (conflict-free: the stride is
+    // 8 mod 32 banks, and 8-byte loads are served per half warp). Lanes of batch columns ≥ m
+    // read row m − 1 instead: column j of the mma's B only reaches column j of its result,
+    // which is never stored.
+    const int xs_stride = 64 * ncb_max + 8;
+    u32* xs = reinterpret_cast<u32*>(smem);
+    const int x_bytes = m * xs_stride * 4;
+    const int red_bytes = W * NG * 16 * 32 * 4;
+    u16* ss = reinterpret_cast<u16*>(smem + (x_bytes > red_bytes ? x_bytes : red_bytes));
+    {
+        const int q_per_row = ncb * 16;  // 16-byte pieces (4 words = half a k16 tile) per row
+        const int k0 = cb0 * 128;
+        for (int i = tid; i < m * q_per_row; i += NT) {
+            const int r = i / q_per_row, q = i % q_per_row;
+            const int4 v = *reinterpret_cast<const int4*>(A + (size_t)r * k + k0 + q * 8);
+            u32* d = xs + r * xs_stride + (q >> 1) * 8 + (q & 1);
+            d[0] = v.x;
+            d[2] = v.y;
+            d[4] = v.z;
+            d[6] = v.w;
+        }
+        if (GL > 0) {
+            // [group][strip of the CTA][64 columns]
+            const int groups = (ncb * 128) >> GL;
+            const int g0 = (k0 >> GL);
+            for (int i = tid; i < groups * spc * 8; i += NT) {
+                const int gr = i / (spc * 8), s_l = (i / 8) % spc, c = i % 8;
+                const int st = sg * spc + s_l;
+                if (st < strips)
+                    reinterpret_cast<int4*>(ss)[i] =
+                        *reinterpret_cast<const int4*>(S + (size_t)(g0 + gr) * n + st * 64 + c * 8);
+            }
+        }
+    }
+    __syncthreads();
+
+    const int g = lane / 4, t = lane % 4;
+    float acc[NG][4][4];
+    float tq[NG][4][4];
+#pragma unroll
+    for (int gi = 0; gi < NG; gi++)
+#pragma unroll
+        for (int w = 0; w < 4; w++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[gi][w][e] = 0.0f;
+    const u32* xrow[NG];
+#pragma unroll
+    for (int gi = 0; gi < NG; gi++) xrow[gi] = xs + min(8 * gi + g, m - 1) * xs_stride + 2 * t;
+
+#pragma unroll 1
+    for (int b0 = wb0; b0 < wb1; b0 += D) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            const int b = b0 + d;
+            if (D > 1 && b >= wb1) break;
+            const bool more = b + D < wb1;
+            const int4* pn = bp + (size_t)(b - wb0 + D) * 8 * row_i4;
+            const int lb = b - cb0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                // NG = 1 dequantizes first and then reuses the word's registers for the next
+                // block's load (issuing it earlier makes the compiler copy the ring every block,
+                // ~10 % of the loop); NG = 2 loads first, which needs fewer registers there.
+                const u32 words[4] = {(u32)buf[d][j].x, (u32)buf[d][j].y, (u32)buf[d][j].z,
+                                      (u32)buf[d][j].w};
+                if (NG > 1 && more) buf[d][j] = ldg_stream(pn);
+                u32 fw[4][4];
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    u32 f[4];
+                    dequant_word(words[w], f);
+                    fw[w][0] = f[0];
+                    fw[w][1] = f[2];
+                    fw[w][2] = f[1];
+                    fw[w][3] = f[3];
+                }
+                if (NG == 1 && more) buf[d][j] = ldg_stream(pn);
+                pn += row_i4;
+                u32 xb[NG][2];
+#pragma unroll
+                for (int gi = 0; gi < NG; gi++) {
+                    const uint2 v = *reinterpret_cast<const uint2*>(xrow[gi] + lb * 64 + j * 8);
+                    xb[gi][0] = v.x;
+                    xb[gi][1] = v.y;
+                }
+#pragma unroll
+                for (int w = 0; w < 4; w++) {
+                    const u32(&fa)[4] = fw[w];
+#pragma unroll
+                    for (int gi = 0; gi < NG; gi++) {
+                        if (GL == 0)
+                            mma_16816(acc[gi][w], fa, xb[gi][0], xb[gi][1]);
+                        else if (j % TPG == 0)
+                            mma_16816_z(tq[gi][w], fa, xb[gi][0], xb[gi][1]);
+                        else
+                            mma_16816(tq[gi][w], fa, xb[gi][0], xb[gi][1]);
+                    }
+                }
+                if (GL > 0 && j % TPG == TPG - 1) {
+                    const int gl = (lb * 128 + j * 16) >> (GL > 0 ? GL : 0);
+                    const int4 v = *reinterpret_cast<const int4*>(ss + (gl * spc + sl) * 64 + g * 8);
+                    const u32 svw[4] = {(u32)v.x, (u32)v.y, (u32)v.z, (u32)v.w};
+#pragma unroll
+                    for (int w = 0; w < 4; w++) {
+                        const float s0 = half_to_float((u16)(svw[w] & 0xffff));
+                        const float s1 = half_to_float((u16)(svw[w] >> 16));
+#pragma unroll
+                        for (int gi = 0; gi < NG; gi++) {
+                            acc[gi][w][0] += tq[gi][w][0] * s0;
+                            acc[gi][w][1] += tq[gi][w][1] * s0;
+                            acc[gi][w][2] += tq[gi][w][2] * s1;
+                            acc[gi][w][3] += tq[gi][w][3] * s1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Reduction of each strip's k parts in order. Accumulator (gi, w, e) of lane (g, t) is
+    // output column 16w + 8(e/2) + g of the strip, batch row 8·gi + 2t + e%2.
+    __syncthreads();  // the reduction buffer overlays the activations
+    constexpr int EL = NG * 16 * 32;
+    float* red = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int gi = 0; gi < NG; gi++)
+#pragma unroll
+        for (int w = 0; w < 4; w++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) red[warp * EL + ((gi * 4 + w) * 4 + e) * 32 + lane] = acc[gi][w][e];
+    __syncthreads();
+
+    // Per-channel scale of column c64 of strip st (permuted: column 8j + 2tt + e' at
+    // 32(j/4) + 8tt + 2(j%4) + e').
+    auto pc_scale = [&](int st, int c64) {
+        const int j = c64 / 8, tt = (c64 % 8) / 2;
+        return half_to_float(S[st * 64 + 32 * (j / 4) + 8 * tt + 2 * (j % 4) + (c64 & 1)]);
+    };
+    for (int idx = tid; idx < spc * EL; idx += NT) {
+        const int s_l = idx / EL, ei = idx % EL;
+        float v = red[s_l * EL + ei];
+        for (int p = 1; p < kparts; p++) v += red[(p * spc + s_l) * EL + ei];
+        const int i = ei / 32, ln = ei % 32;
+        const int gi = i / 16, w = (i / 4) % 4, e = i % 4;
+        const int c64 = 16 * w + 8 * (e >> 1) + ln / 4;
+        const int row = gi * 8 + 2 * (ln % 4) + (e & 1);
+        const int st = sg * spc + s_l;
+        if (row < m && st < strips) {
+            const size_t o = (size_t)row * n + st * 64 + c64;
+            if (splits == 1)
+                C[o] = GL == 0 ? v * pc_scale(st, c64) : v;
+            else
+                st_cg_f1(partial + (size_t)split * m * n + o, v);
+        }
+    }
+    if (splits == 1) return;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last_cta = atomicAdd(&counters[sg], 1) == splits - 1;
+    __syncthreads();
+    if (!last_cta) return;
+    __threadfence();
+    for (int idx = tid; idx < spc * 64 * m; idx += NT) {
+        const int row = idx / (spc * 64), cc = idx % (spc * 64);
+        const int st = sg * spc + cc / 64, c64 = cc % 64;
+        if (st >= strips) continue;
+        const size_t o = (size_t)row * n + st * 64 + c64;
+        float v = ld_cg_f1(partial + o);
+        for (int s = 1; s < splits; s++) v += ld_cg_f1(partial + (size_t)s * m * n + o);
+        C[o] = GL == 0 ? v * pc_scale(st, c64) : v;
+    }
+    if (tid == 0) counters[sg] = 0;
+}
+
+}  // namespace
+
+// `marlin_small_g{NG}_w{W}_d{D}_l{GL}(A, B, S, C, partial, counters, m, n, k, splits, spc)`:
+// NG n8 batch groups (1: m ≤ 8, 2: m ≤ 16), W warps per CTA, a ring of D k blocks per warp,
+// GL = log2 of the group size (0: per-channel). Registers are budgeted for 16 warps per SM
+// (D = 1) or 12 (D = 2). Grid: ceil((n/64) / spc)·splits CTAs; spc divides W.
+#define MARLIN_SMALL_ENTRY(NG, W, D, GL)                                                         \
+    extern "C" __global__ void __launch_bounds__(W * 32, (D == 1 ? 16 : 12) / W)                \
+        marlin_small_g##NG##_w##W##_d##D##_l##GL(                                                \
+            const u16* __restrict__ A, const int4* __restrict__ B, const u16* __restrict__ S,    \
+            float* __restrict__ C, float* __restrict__ partial, int* __restrict__ counters,      \
+            int m, int n, int k, int splits, int spc) {                                          \
+        marlin_small<NG, W, D, GL>(A, B, S, C, partial, counters, m, n, k, splits, spc);         \
+    }
+#define MARLIN_SMALL_ENTRY_GL(NG, W, D) \
+    MARLIN_SMALL_ENTRY(NG, W, D, 0)     \
+    MARLIN_SMALL_ENTRY(NG, W, D, 5)     \
+    MARLIN_SMALL_ENTRY(NG, W, D, 6)     \
+    MARLIN_SMALL_ENTRY(NG, W, D, 7)
+
+MARLIN_SMALL_ENTRY_GL(1, 4, 1)
+MARLIN_SMALL_ENTRY_GL(1, 8, 1)
+MARLIN_SMALL_ENTRY_GL(2, 4, 1)
+MARLIN_SMALL_ENTRY_GL(2, 8, 1)
+MARLIN_SMALL_ENTRY_GL(1, 4, 2)
+MARLIN_SMALL_ENTRY_GL(2, 4, 2)

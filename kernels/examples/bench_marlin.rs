@@ -1,7 +1,13 @@
 //! Marlin W4A16 GEMM vs cuBLAS BF16 on the layer shapes of docs/PERFORMANCE.md.
 //!
-//! `cargo run --release -p qtool-kernels --example bench_marlin [-- --sweep] [--reps N]`
-//! (`-- --precompile sm_90a` only fills the NVRTC cache.)
+//! `cargo run --release -p qtool-kernels --example bench_marlin [-- --sweep] [--sweep-small]
+//! [--reps N] [--batches 1,16] [--shapes 4096x11008,...]` (`-- --precompile sm_90a` only fills
+//! the NVRTC cache).
+//!
+//! The default plan runs the small-batch kernel for m ≤ 16 and the stream kernel above; for
+//! m ≤ 16 the stream kernel's default configuration is timed too (`stream us`). `--sweep` times
+//! every compiled stream configuration, `--sweep-small` the small kernel's warp counts × split
+//! counts.
 //!
 //! Both GEMMs run on device-resident operands and are timed the same way: a long cuBLAS GEMM
 //! is queued first so the GPU is busy while the host enqueues `reps` launches, then the launches
@@ -16,7 +22,8 @@ use cudarc::driver::sys::{CUdevice_attribute as A, CUevent_flags};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use qtool_kernels::marlin::{
-    cublas_bf16_device, MarlinConfig, MarlinPlan, MarlinWeights, MarlinWorkspace,
+    cublas_bf16_device, MarlinChoice, MarlinConfig, MarlinKernel, MarlinPlan, MarlinWeights,
+    MarlinWorkspace, SmallConfig, SMALL_MAX_M, SMALL_VARIANTS,
 };
 use qtool_kernels::timing::median_micros;
 use qtool_kernels::{Gpu, KResult};
@@ -109,6 +116,27 @@ fn main() -> KResult<()> {
         return Ok(());
     }
     let sweep = args.iter().any(|a| a == "--sweep");
+    let sweep_small = args.iter().any(|a| a == "--sweep-small");
+    let batches: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--batches")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| BATCHES.to_vec());
+    // `--shapes 4096x11008,128x64` (k x n) replaces the default shapes.
+    let shapes: Vec<(usize, usize)> = args
+        .iter()
+        .position(|a| a == "--shapes")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.split(',')
+                .filter_map(|kn| {
+                    let (a, b) = kn.split_once('x')?;
+                    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| SHAPES.to_vec());
     let reps = args
         .iter()
         .position(|a| a == "--reps")
@@ -136,12 +164,21 @@ fn main() -> KResult<()> {
         peak
     );
     println!(
-        "{:>11} {:>4} {:>9} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9}  config",
-        "k x n", "m", "marlin us", "cublas us", "speedup", "GB/s", "%HBM", "marlin ev", "cublas ev"
+        "{:>11} {:>4} {:>9} {:>9} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9}  config",
+        "k x n",
+        "m",
+        "marlin us",
+        "cublas us",
+        "speedup",
+        "GB/s",
+        "%HBM",
+        "marlin ev",
+        "cublas ev",
+        "stream us"
     );
     let mut blocker = Blocker::new(&gpu)?;
     let mut rng = Rng(0x5eed);
-    for &(k, n) in &SHAPES {
+    for &(k, n) in &shapes {
         let b: Vec<i32> = (0..k / 16 * 2 * n).map(|_| rng.next_u32() as i32).collect();
         let scales: Vec<f16> =
             (0..k / GROUP * n).map(|_| f16::from_f32(0.002 + 0.001 * rng.next_f32())).collect();
@@ -156,7 +193,7 @@ fn main() -> KResult<()> {
             .map(|_| gpu.upload(&wb))
             .collect::<KResult<Vec<_>>>()?;
         drop(wb);
-        for &m in &BATCHES {
+        for &m in &batches {
             let x: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.next_f32())).collect();
             let xd = gpu.upload::<u16>(bytemuck::cast_slice(&x))?;
             let xb: Vec<u16> = x.iter().map(|v| bf16::from_f32(v.to_f32()).to_bits()).collect();
@@ -191,9 +228,15 @@ fn main() -> KResult<()> {
             };
             let cublas = cublas_for(Some(&mut blocker))?;
             let cublas_ev = cublas_for(None)?;
+            let stream_us = if matches!(plan.kernel, MarlinKernel::Small(_)) {
+                let p = MarlinPlan::choose(&gpu, &copies[0], m, MarlinChoice::Stream(None))?;
+                format!("{:.1}", marlin_for(&p, Some(&mut blocker))?)
+            } else {
+                "-".to_string()
+            };
             let gbs = wbytes as f64 / (us * 1e-6) / 1e9;
             println!(
-                "{:>11} {:>4} {:>9.1} {:>9.1} {:>7.2}x {:>6.0} {:>5.0}% {:>9.1} {:>9.1}  {}",
+                "{:>11} {:>4} {:>9.1} {:>9.1} {:>7.2}x {:>6.0} {:>5.0}% {:>9.1} {:>9.1} {:>9}  {} ({} CTAs)",
                 format!("{k}x{n}"),
                 m,
                 us,
@@ -203,14 +246,40 @@ fn main() -> KResult<()> {
                 100.0 * gbs / peak,
                 us_ev,
                 cublas_ev,
-                plan.config.kernel_name().trim_start_matches("marlin_w4a16_")
+                stream_us,
+                plan.label().trim_start_matches("marlin_w4a16_"),
+                plan.grid
             );
+            if sweep_small && m <= SMALL_MAX_M {
+                for (warps, depth) in SMALL_VARIANTS {
+                    for spc in [1, 2, 4] {
+                        let mut line = format!("   small w{warps} d{depth} s{spc}:");
+                        for splits in [1, 2, 3, 4, 6, 8, 12, 16] {
+                            let c = SmallConfig { warps, depth, spc, splits };
+                            if !c.valid(n, k) {
+                                continue;
+                            }
+                            let choice = MarlinChoice::Small(Some(c));
+                            let Ok(p) = MarlinPlan::choose(&gpu, &copies[0], m, choice) else {
+                                continue;
+                            };
+                            let t = marlin_for(&p, Some(&mut blocker))?;
+                            line += &format!(" x{splits}:{t:.1}");
+                        }
+                        println!("{line}");
+                    }
+                }
+            }
             if sweep {
                 let mut line = String::from("   sweep:");
                 for cfg in MarlinConfig::all() {
                     // m ≤ 8 compares the swapped (m_blocks 0) and 16-row kernels
-                    let comparable =
-                        cfg.m_blocks == plan.config.m_blocks || (m <= 8 && cfg.m_blocks <= 1);
+                    let comparable = match plan.kernel {
+                        MarlinKernel::Stream(c) => {
+                            cfg.m_blocks == c.m_blocks || (m <= 8 && cfg.m_blocks <= 1)
+                        }
+                        MarlinKernel::Small(_) => cfg.m_blocks <= 1,
+                    };
                     if !comparable || !cfg.fits(n, k) {
                         continue;
                     }

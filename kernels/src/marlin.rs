@@ -6,12 +6,18 @@
 //! Weights and scales are uploaded once ([`MarlinWeights`]) so a benchmark times the kernel
 //! alone; [`Gpu::marlin_w4a16`] is the one-shot form `verify` uses.
 //!
-//! Performance (H200): 1.2–2.8× cuBLAS BF16 at m = 1 (21–61 % of HBM bandwidth), 0.9–1.9× at
-//! m = 16, slower than cuBLAS at m ≥ 64 — see the status note at the top of marlin.cu.
+//! Two kernels: the register-direct small-batch kernel (`marlin_small_*`, m ≤ 16: each warp
+//! loads its fragments straight from global memory, no shared-memory pipeline, see the second
+//! half of marlin.cu), the default for m ≤ 8 and for m ≤ 16 below [`SMALL_WIDE_N`] columns; and
+//! the cp.async stream kernel (`marlin_w4a16_*`, any m), the default above and selectable
+//! everywhere ([`MarlinChoice`]) for comparison and tests. H200, group 128: 2.0–2.9× cuBLAS
+//! BF16 at m = 1, 1.2–1.8× at m = 16 (docs/PERFORMANCE.md).
 //!
-//! The kernel partitions the tile grid into equal stripes, one per SM, and reduces a tile column
-//! shared by several CTAs in a fixed order through per-column locks (see the .cu header). The
-//! locks live in [`MarlinWorkspace`]; every complete launch leaves them at zero again, so one
+//! The stream kernel partitions the tile grid into equal stripes, one per SM, and reduces a tile
+//! column shared by several CTAs in a fixed order through per-column locks (see the .cu header).
+//! The small kernel splits each 64-column strip's k range over `splits` CTAs that store partial
+//! sums; the last CTA to arrive sums them in split order. The locks/counters and the partial
+//! sums live in [`MarlinWorkspace`]; every complete launch leaves the locks at zero again, so one
 //! zeroed allocation serves any number of launches on the stream.
 
 use cudarc::driver::sys::{CUdevice_attribute as DevAttr, CUfunction_attribute as FnAttr};
@@ -268,41 +274,335 @@ impl MarlinWeights {
     }
 }
 
-/// The per-column locks of the cross-CTA reduction, sized for problems up to `max_m` rows.
+/// The cross-CTA reduction state, sized for problems up to `max_m` rows: the stream kernel's
+/// per-column locks (also the small kernel's per-strip arrival counters) and the small kernel's
+/// per-split partial sums.
 #[derive(Debug)]
 pub struct MarlinWorkspace {
     locks: CudaSlice<i32>,
+    partials: CudaSlice<f32>,
     max_m: usize,
     n: usize,
 }
 
 impl MarlinWorkspace {
-    /// One lock per (8-row pass, 64-column chunk): enough for every configuration.
+    /// One lock per (8-row pass, 64-column chunk): enough for every configuration; partial sums
+    /// for the largest split count [`max_splits`] allows at `min(max_m, 16)` rows.
     pub fn new(gpu: &Gpu, max_m: usize, n: usize) -> KResult<MarlinWorkspace> {
-        Ok(MarlinWorkspace { locks: gpu.zeros(max_m.div_ceil(8) * (n / 64).max(1))?, max_m, n })
+        let partials = max_m.min(SMALL_MAX_M) * small_partial_columns(n);
+        Ok(MarlinWorkspace {
+            locks: gpu.zeros(max_m.div_ceil(8) * (n / 64).max(1))?,
+            partials: gpu.zeros(partials)?,
+            max_m,
+            n,
+        })
     }
+}
+
+/// Largest m the small-batch kernel serves (two n8 batch groups).
+pub const SMALL_MAX_M: usize = 16;
+
+/// From this many output columns on, 9 ≤ m ≤ 16 runs the stream kernel by default: its
+/// activation tiles cost less there than the small kernel's per-CTA activation copies
+/// (H200: 8192×28672 at m = 16, 59 µs stream vs 69 µs small; the small kernel wins on the
+/// narrower benchmark shapes).
+pub const SMALL_WIDE_N: usize = 16384;
+
+/// `(warps per CTA, ring depth in 128-deep k blocks)` of every compiled small-batch kernel.
+pub const SMALL_VARIANTS: [(usize, usize); 3] = [(4, 1), (8, 1), (4, 2)];
+
+/// Upper bound on the small kernel's k splits per strip.
+pub const SMALL_MAX_SPLITS: usize = 16;
+
+/// The most k splits a strip may have: at most [`SMALL_MAX_SPLITS`], at most one per 128-deep
+/// k block, and at most 2048 (strip, split) pairs in all once split (which bounds the
+/// partial-sum workspace).
+pub fn max_splits(n: usize, k: usize) -> usize {
+    let strips = (n / 64).max(1);
+    SMALL_MAX_SPLITS.min((k / 128).max(1)).min((2048 / strips).max(1))
+}
+
+/// Partial-sum floats per batch row: `splits · n` for every `splits ≤ max_splits`.
+fn small_partial_columns(n: usize) -> usize {
+    (SMALL_MAX_SPLITS * n).min(n.max(2048 * 64))
+}
+
+/// One launch shape of the register-direct small-batch kernel
+/// (`marlin_small_g{NG}_w{W}_d{D}_l{GL}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SmallConfig {
+    /// Warps per CTA; `(warps, depth)` is one of [`SMALL_VARIANTS`].
+    pub warps: usize,
+    /// 128-deep k blocks each warp keeps in flight (register ring); registers are budgeted for
+    /// 16 warps per SM at depth 1, 12 at depth 2.
+    pub depth: usize,
+    /// Adjacent 64-column strips per CTA (divides `warps`); they share one activation copy.
+    pub spc: usize,
+    /// k ranges per strip (CTAs per strip group), each a contiguous range of 128-deep k blocks.
+    pub splits: usize,
+}
+
+impl SmallConfig {
+    /// n8 batch groups of `m` rows: one mma per weight word for m ≤ 8, two for m ≤ 16.
+    pub fn batch_groups(m: usize) -> usize {
+        if m <= 8 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// CTAs per SM the variant's registers allow.
+    pub fn max_ctas_per_sm(&self) -> usize {
+        (if self.depth == 1 { 16 } else { 12 }) / self.warps
+    }
+
+    /// Dynamic shared memory in bytes; mirrors the comment above `marlin_small` in marlin.cu.
+    pub fn smem_bytes(&self, m: usize, k: usize, groups: MarlinGroups) -> usize {
+        let ng = Self::batch_groups(m);
+        let m = m.clamp(1, SMALL_MAX_M);
+        let ncb = (k / 128).div_ceil(self.splits.max(1));
+        let x = m * (64 * ncb + 8) * 4;
+        let red = self.warps * ng * 16 * 32 * 4;
+        let s = match groups {
+            MarlinGroups::PerChannel => 0,
+            MarlinGroups::Grouped(g) => (128 * ncb / g) * 128 * self.spc,
+        };
+        x.max(red) + s
+    }
+
+    /// The kernel's `extern "C"` name for `m` rows and `groups`.
+    pub fn kernel_name(&self, m: usize, groups: MarlinGroups) -> String {
+        format!(
+            "marlin_small_g{}_w{}_d{}_l{}",
+            Self::batch_groups(m),
+            self.warps,
+            self.depth,
+            groups.kernel_arg()
+        )
+    }
+
+    /// CTAs of the launch for `n` columns.
+    pub fn grid(&self, n: usize) -> usize {
+        (n / 64).div_ceil(self.spc) * self.splits
+    }
+
+    /// Whether this shape is compiled and consistent with an `n × k` weight.
+    pub fn valid(&self, n: usize, k: usize) -> bool {
+        SMALL_VARIANTS.contains(&(self.warps, self.depth))
+            && self.spc >= 1
+            && self.warps % self.spc == 0
+            && (1..=max_splits(n, k)).contains(&self.splits)
+    }
+
+    /// The launch shape for an `m × n × k` problem: 8 warps, ring depth 1, and the strips per
+    /// CTA and split count with the lowest `waves · (k blocks per warp + 1) + [splits > 1]`
+    /// (the +1 stands for the latency of a warp's first load, the last term for the cross-CTA
+    /// reduction), where `resident(config, smem)` is the CTAs per SM that fit and `sms` the SM
+    /// count; ties keep fewer strips per CTA, then fewer splits. A sweep of every variant on an
+    /// H200 (bench_marlin `--sweep-small`) found 8 warps at depth 1 best or within 5 % on every
+    /// benchmark shape; the 4-warp and depth-2 variants stay compiled for comparison.
+    pub fn choose(
+        m: usize,
+        n: usize,
+        k: usize,
+        groups: MarlinGroups,
+        sms: usize,
+        smem_optin: usize,
+        mut resident: impl FnMut(&SmallConfig, usize) -> usize,
+    ) -> Option<SmallConfig> {
+        let kb = k / 128;
+        let mut best: Option<(usize, SmallConfig)> = None;
+        for spc in [1, 2, 4] {
+            for splits in 1..=max_splits(n, k) {
+                let c = SmallConfig { warps: 8, depth: 1, spc, splits };
+                if !c.valid(n, k) {
+                    continue;
+                }
+                let smem = c.smem_bytes(m, k, groups);
+                if smem > smem_optin {
+                    continue;
+                }
+                let per_sm = resident(&c, smem).min(c.max_ctas_per_sm());
+                if per_sm == 0 {
+                    continue;
+                }
+                let waves = c.grid(n).div_ceil(sms.max(1) * per_sm);
+                let per_warp = kb.div_ceil(splits).div_ceil(c.warps / spc);
+                let cost = waves * (per_warp + 1) + usize::from(splits > 1);
+                if best.is_none_or(|(b, _)| cost < b) {
+                    best = Some((cost, c));
+                }
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+}
+
+/// Which kernel a [`MarlinPlan`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarlinChoice {
+    /// The small-batch kernel for m ≤ 8, and for m ≤ 16 below [`SMALL_WIDE_N`] columns; the
+    /// stream kernel's default configuration otherwise.
+    Auto,
+    /// The stream kernel, in this configuration or its default for the shape.
+    Stream(Option<MarlinConfig>),
+    /// The small-batch kernel (m ≤ 16), with this launch shape or the chosen one.
+    Small(Option<SmallConfig>),
+}
+
+/// The kernel a plan resolved to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarlinKernel {
+    Stream(MarlinConfig),
+    Small(SmallConfig),
 }
 
 /// A kernel resolved for one problem: function, grid and arguments other than buffers.
 #[derive(Debug)]
 pub struct MarlinPlan {
-    pub config: MarlinConfig,
+    pub kernel: MarlinKernel,
     pub grid: u32,
+    /// Threads per CTA.
+    block: u32,
+    smem: u32,
+    /// Stream kernel: tiles per CTA; small kernel: splits.
     iters: i32,
+    /// Small kernel: strips per CTA.
+    spc: i32,
+    /// (m, n, k) the grid was computed for.
+    shape: (usize, usize, usize),
+    name: String,
     func: CudaFunction,
 }
 
 impl MarlinPlan {
-    /// Resolves `config` (or the default for the device) for `m` rows of `w`.
+    /// Resolves `config` (the stream kernel), or with `None` the default for the device
+    /// ([`MarlinChoice::Auto`]).
     pub fn new(
         gpu: &Gpu,
         w: &MarlinWeights,
         m: usize,
         config: Option<MarlinConfig>,
     ) -> KResult<MarlinPlan> {
+        match config {
+            Some(c) => Self::choose(gpu, w, m, MarlinChoice::Stream(Some(c))),
+            None => Self::choose(gpu, w, m, MarlinChoice::Auto),
+        }
+    }
+
+    /// Resolves `choice` for `m` rows of `w`.
+    pub fn choose(
+        gpu: &Gpu,
+        w: &MarlinWeights,
+        m: usize,
+        choice: MarlinChoice,
+    ) -> KResult<MarlinPlan> {
         if m == 0 || i32::try_from(m.saturating_mul(w.k.max(w.n))).is_err() {
             return Err(KernelError::Shape(format!("Marlin m = {m} out of range")));
         }
+        match choice {
+            MarlinChoice::Auto if m <= 8 || (m <= SMALL_MAX_M && w.n < SMALL_WIDE_N) => {
+                Self::small(gpu, w, m, None)
+            }
+            MarlinChoice::Auto => Self::stream(gpu, w, m, None),
+            MarlinChoice::Stream(c) => Self::stream(gpu, w, m, c),
+            MarlinChoice::Small(c) => Self::small(gpu, w, m, c),
+        }
+    }
+
+    /// The kernel's name plus, for the small kernel, its launch shape (for tables and logs).
+    pub fn label(&self) -> String {
+        match self.kernel {
+            MarlinKernel::Stream(_) => self.name.clone(),
+            MarlinKernel::Small(c) => format!("{} s{}x{}", self.name, c.spc, c.splits),
+        }
+    }
+
+    fn small(
+        gpu: &Gpu,
+        w: &MarlinWeights,
+        m: usize,
+        config: Option<SmallConfig>,
+    ) -> KResult<MarlinPlan> {
+        if m > SMALL_MAX_M {
+            return Err(KernelError::Unsupported(format!(
+                "the small-batch Marlin kernel serves m ≤ {SMALL_MAX_M}, got m = {m}"
+            )));
+        }
+        let optin =
+            gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+        let sms = gpu.sm_count()? as usize;
+        let config = match config {
+            Some(c) => c,
+            None => {
+                // `choose` only considers 8 warps at depth 1: one function answers residency.
+                let f = gpu.function(
+                    &MARLIN_SOURCE,
+                    &SmallConfig { warps: 8, depth: 1, spc: 1, splits: 1 }.kernel_name(m, w.groups),
+                )?;
+                let resident = |c: &SmallConfig, smem: usize| -> usize {
+                    if smem > 48 * 1024
+                        && f.set_attribute(
+                            FnAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            smem as i32,
+                        )
+                        .is_err()
+                    {
+                        return 0;
+                    }
+                    f.occupancy_max_active_blocks_per_multiprocessor(
+                        c.warps as u32 * 32,
+                        smem,
+                        None,
+                    )
+                    .map_or(0, |r| r as usize)
+                };
+                SmallConfig::choose(m, w.n, w.k, w.groups, sms, optin, resident).ok_or_else(
+                    || {
+                        KernelError::Unsupported(format!(
+                            "no small-batch Marlin launch fits m = {m}, k = {} in {optin} B of shared memory",
+                            w.k
+                        ))
+                    },
+                )?
+            }
+        };
+        if !config.valid(w.n, w.k) {
+            return Err(KernelError::Unsupported(format!(
+                "{config:?}: (warps, depth) must be one of {SMALL_VARIANTS:?}, spc divide warps, splits in 1..={}",
+                max_splits(w.n, w.k)
+            )));
+        }
+        let smem = config.smem_bytes(m, w.k, w.groups);
+        if smem > optin {
+            return Err(KernelError::Unsupported(format!(
+                "{config:?} needs {smem} B of shared memory at m = {m}, k = {}; the device allows {optin} B",
+                w.k
+            )));
+        }
+        let name = config.kernel_name(m, w.groups);
+        let func = gpu.function(&MARLIN_SOURCE, &name)?;
+        Ok(MarlinPlan {
+            kernel: MarlinKernel::Small(config),
+            grid: u32::try_from(config.grid(w.n))
+                .map_err(|_| KernelError::Shape("Marlin grid too large".into()))?,
+            block: config.warps as u32 * 32,
+            smem: smem as u32,
+            iters: config.splits as i32,
+            spc: config.spc as i32,
+            shape: (m, w.n, w.k),
+            name,
+            func,
+        })
+    }
+
+    fn stream(
+        gpu: &Gpu,
+        w: &MarlinWeights,
+        m: usize,
+        config: Option<MarlinConfig>,
+    ) -> KResult<MarlinPlan> {
         let optin =
             gpu.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
         let config = match config {
@@ -353,7 +653,17 @@ impl MarlinPlan {
         let passes = m.div_ceil(config.rows_per_pass());
         let total = passes * (w.n / config.tile_n()) * (w.k / config.tile_k());
         let (grid, iters) = stripes(total, sms);
-        Ok(MarlinPlan { config, grid: grid as u32, iters: iters as i32, func })
+        Ok(MarlinPlan {
+            kernel: MarlinKernel::Stream(config),
+            grid: grid as u32,
+            block: THREADS,
+            smem: smem as u32,
+            iters: iters as i32,
+            spc: 0,
+            shape: (m, w.n, w.k),
+            name: config.kernel_name(),
+            func,
+        })
     }
 
     /// Launches `out[m, n] = x[m, k] · Wᵀ` (f32 out, every element written).
@@ -372,15 +682,46 @@ impl MarlinPlan {
                 ws.max_m, ws.n, w.n
             )));
         }
+        if (m, w.n, w.k) != self.shape {
+            return Err(KernelError::Shape(format!(
+                "{} was planned for m×n×k = {:?}, launched with {:?}",
+                self.name,
+                self.shape,
+                (m, w.n, w.k)
+            )));
+        }
         check_len("Marlin x", x.len(), m * w.k)?;
         check_len("Marlin out", out.len(), m * w.n)?;
         let (mi, ni, ki, gi) = (m as i32, w.n as i32, w.k as i32, w.groups.kernel_arg());
         let mut args = gpu.stream().launch_builder(&self.func);
-        // marlin_w4a16_*(A, B, S, C, locks, m, n, k, group_log2, iters)
-        args.arg(x).arg(&w.b).arg(&w.s).arg(out).arg(&mut ws.locks);
-        args.arg(&mi).arg(&ni).arg(&ki).arg(&gi).arg(&self.iters);
-        let cfg = config((self.grid, 1, 1), (THREADS, 1, 1), self.config.smem_bytes() as u32);
-        launch(gpu, &self.func, &self.config.kernel_name(), args, cfg)
+        match self.kernel {
+            MarlinKernel::Stream(_) => {
+                // marlin_w4a16_*(A, B, S, C, locks, m, n, k, group_log2, iters)
+                args.arg(x).arg(&w.b).arg(&w.s).arg(out).arg(&mut ws.locks);
+                args.arg(&mi).arg(&ni).arg(&ki).arg(&gi).arg(&self.iters);
+            }
+            MarlinKernel::Small(c) => {
+                if self.name != c.kernel_name(m, w.groups) {
+                    return Err(KernelError::Shape(format!(
+                        "{} was planned for another group size",
+                        self.name
+                    )));
+                }
+                if c.splits > 1 && ws.partials.len() < c.splits * m * w.n {
+                    return Err(KernelError::Shape(format!(
+                        "Marlin workspace holds {} partial sums, {} needs {}",
+                        ws.partials.len(),
+                        self.label(),
+                        c.splits * m * w.n
+                    )));
+                }
+                // marlin_small_*(A, B, S, C, partial, counters, m, n, k, splits, spc)
+                args.arg(x).arg(&w.b).arg(&w.s).arg(out).arg(&mut ws.partials).arg(&mut ws.locks);
+                args.arg(&mi).arg(&ni).arg(&ki).arg(&self.iters).arg(&self.spc);
+            }
+        }
+        let cfg = config((self.grid, 1, 1), (self.block, 1, 1), self.smem);
+        launch(gpu, &self.func, &self.name, args, cfg)
     }
 }
 
@@ -433,8 +774,7 @@ impl Gpu {
         let micros =
             median_micros(self, reps, || plan.launch(self, &w, &mut ws, &xd, &mut out, m))?;
         let out = self.download(&out)?;
-        let backend =
-            format!("qtool marlin w4a16 ({}, {} CTAs)", plan.config.kernel_name(), plan.grid);
+        let backend = format!("qtool marlin w4a16 ({}, {} CTAs)", plan.label(), plan.grid);
         Ok(GemmRun { out: out[..m * n].to_vec(), micros, backend })
     }
 }
@@ -657,6 +997,91 @@ mod tests {
         assert!(MARLIN_SOURCE
             .code
             .contains("marlin_w4a16_m##MB##_n##NCH##_k##KT##_s##ST##_o##OCC##_p##PF"));
+    }
+
+    /// H200-like residency: registers allow `max_ctas_per_sm`, 228 KiB of shared memory per SM
+    /// with 1 KiB reserved per CTA.
+    fn h200_resident(c: &SmallConfig, smem: usize) -> usize {
+        c.max_ctas_per_sm().min(228 * 1024 / (smem + 1024))
+    }
+
+    #[test]
+    fn small_launch_shapes_fill_the_gpu_and_fit_the_workspace() {
+        for (k, n) in [(8192, 8192), (4096, 11008), (11008, 4096), (8192, 28672), (128, 64)] {
+            for m in [1, 8, 9, 16] {
+                for g in [
+                    MarlinGroups::Grouped(128),
+                    MarlinGroups::Grouped(32),
+                    MarlinGroups::PerChannel,
+                ] {
+                    let c = SmallConfig::choose(m, n, k, g, 132, 227 * 1024, h200_resident)
+                        .expect("a launch shape");
+                    assert!(c.valid(n, k), "{c:?}");
+                    assert!(c.smem_bytes(m, k, g) <= 227 * 1024);
+                    assert!(c.splits * n <= small_partial_columns(n), "{c:?} n = {n}");
+                    // the big shapes get at least one CTA per SM
+                    if n * k >= 8192 * 4096 {
+                        assert!(c.grid(n) >= 132, "{c:?} k = {k} n = {n} m = {m}");
+                    }
+                }
+            }
+        }
+        // 99 KiB devices still get one
+        let small_smem =
+            |c: &SmallConfig, s: usize| (c.max_ctas_per_sm() * 3 / 4).min(100 * 1024 / (s + 1024));
+        let g = MarlinGroups::Grouped(32);
+        assert!(SmallConfig::choose(16, 4096, 11008, g, 84, 99 * 1024, small_smem).is_some());
+    }
+
+    #[test]
+    fn small_shared_memory_matches_the_kernel_layout() {
+        let c = SmallConfig { warps: 8, depth: 1, spc: 1, splits: 2 };
+        // k = 8192: 32 blocks per CTA; 3 rows × (64·32 + 8) words; scales 32 groups × 128 B
+        assert_eq!(c.smem_bytes(3, 8192, MarlinGroups::Grouped(128)), 3 * 2056 * 4 + 32 * 128);
+        // m = 16; group 32 quadruples the scale rows, 2 strips per CTA double them
+        let c2 = SmallConfig { spc: 2, ..c };
+        assert_eq!(
+            c2.smem_bytes(16, 8192, MarlinGroups::Grouped(32)),
+            16 * 2056 * 4 + 2 * 128 * 128
+        );
+        // one block per CTA: the warp reduction buffer is larger than the activations
+        let c = SmallConfig { warps: 8, depth: 1, spc: 1, splits: 4 };
+        assert_eq!(c.smem_bytes(16, 512, MarlinGroups::PerChannel), 8 * 2 * 16 * 32 * 4);
+        assert_eq!(c.smem_bytes(1, 512, MarlinGroups::PerChannel), 8 * 16 * 32 * 4);
+        // a ragged last strip group still gets a CTA
+        assert_eq!(SmallConfig { warps: 4, depth: 1, spc: 4, splits: 3 }.grid(5 * 64), 6);
+    }
+
+    /// The small kernel's names are exactly the `MARLIN_SMALL_ENTRY_GL` instantiations.
+    #[test]
+    fn small_configs_match_the_kernel_entries() {
+        let mut entries = Vec::new();
+        for line in MARLIN_SOURCE.code.lines() {
+            if let Some(args) =
+                line.strip_prefix("MARLIN_SMALL_ENTRY_GL(").and_then(|r| r.strip_suffix(')'))
+            {
+                let v: Vec<usize> = args.split(',').map(|a| a.trim().parse().unwrap()).collect();
+                for gl in [0, 5, 6, 7] {
+                    entries.push(format!("marlin_small_g{}_w{}_d{}_l{gl}", v[0], v[1], v[2]));
+                }
+            }
+        }
+        let mut names = Vec::new();
+        for m in [1, 16] {
+            for (warps, depth) in SMALL_VARIANTS {
+                for g in [
+                    MarlinGroups::PerChannel,
+                    MarlinGroups::Grouped(32),
+                    MarlinGroups::Grouped(64),
+                    MarlinGroups::Grouped(128),
+                ] {
+                    names.push(SmallConfig { warps, depth, spc: 1, splits: 1 }.kernel_name(m, g));
+                }
+            }
+        }
+        entries.sort();
+        names.sort();
+        assert_eq!(entries, names);
     }
 
     #[test]
