@@ -56,7 +56,7 @@ pub fn read_probe(gpu: &Gpu, bytes: usize, reps: usize) -> KResult<ReadProbe> {
                 launch(gpu, &f, "hbm_read", b, config((sms * per_sm, 1, 1), (threads, 1, 1), 0))
             })?;
             let gbps = (n16 * 16) as f64 / (us * 1e-6) / 1e9;
-            if best.as_ref().map_or(true, |b| us < b.micros) {
+            if best.as_ref().is_none_or(|b| us < b.micros) {
                 best =
                     Some(ReadProbe { bytes: n16 * 16, micros: us, gbps, shape: (per_sm, threads) });
             }
