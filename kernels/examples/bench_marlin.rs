@@ -5,9 +5,10 @@
 //! the NVRTC cache).
 //!
 //! The default plan runs the small-batch kernel for m ≤ 16 and the stream kernel above; for
-//! m ≤ 16 the stream kernel's default configuration is timed too (`stream us`). `--sweep` times
-//! every compiled stream configuration, `--sweep-small` the small kernel's warp counts × split
-//! counts.
+//! m ≤ 16 the other kernel's default is timed too: `stream us` where the small kernel is the
+//! default, `[small …]` (its chosen launch shape) where the stream kernel is (wide n).
+//! `--sweep` times every compiled stream configuration, `--sweep-small` the small kernel's warp
+//! counts × split counts.
 //!
 //! Both GEMMs run on device-resident operands and are timed the same way: a long cuBLAS GEMM
 //! is queued first so the GPU is busy while the host enqueues `reps` launches, then the launches
@@ -228,15 +229,23 @@ fn main() -> KResult<()> {
             };
             let cublas = cublas_for(Some(&mut blocker))?;
             let cublas_ev = cublas_for(None)?;
+            // m ≤ 16: the other kernel's default too (stream where the small kernel is the
+            // default, the small kernel's chosen shape where the stream kernel is).
+            let mut other = String::new();
             let stream_us = if matches!(plan.kernel, MarlinKernel::Small(_)) {
                 let p = MarlinPlan::choose(&gpu, &copies[0], m, MarlinChoice::Stream(None))?;
                 format!("{:.1}", marlin_for(&p, Some(&mut blocker))?)
+            } else if m <= SMALL_MAX_M {
+                let p = MarlinPlan::choose(&gpu, &copies[0], m, MarlinChoice::Small(None))?;
+                let t = marlin_for(&p, Some(&mut blocker))?;
+                other = format!(" [small {t:.1} us: {}]", p.label());
+                "-".to_string()
             } else {
                 "-".to_string()
             };
             let gbs = wbytes as f64 / (us * 1e-6) / 1e9;
             println!(
-                "{:>11} {:>4} {:>9.1} {:>9.1} {:>7.2}x {:>6.0} {:>5.0}% {:>9.1} {:>9.1} {:>9}  {} ({} CTAs)",
+                "{:>11} {:>4} {:>9.1} {:>9.1} {:>7.2}x {:>6.0} {:>5.0}% {:>9.1} {:>9.1} {:>9}  {} ({} CTAs){}",
                 format!("{k}x{n}"),
                 m,
                 us,
@@ -248,7 +257,8 @@ fn main() -> KResult<()> {
                 cublas_ev,
                 stream_us,
                 plan.label().trim_start_matches("marlin_w4a16_"),
-                plan.grid
+                plan.grid,
+                other
             );
             if sweep_small && m <= SMALL_MAX_M {
                 for (warps, depth) in SMALL_VARIANTS {
