@@ -183,15 +183,8 @@ fn results_do_not_depend_on_the_thread_count() {
 /// GPTQ's rounding ties, so codes are compared by share, errors by a relative bound.
 #[test]
 fn gptq_on_the_gpu_matches_the_cpu_pipeline() {
-    match qtool_kernels::Gpu::open(0) {
-        Ok(_) => {}
-        Err(e) => {
-            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
-            }
-            println!("skipped: {e}");
-            return;
-        }
+    if !gpu_or_skip() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = fixture_with_tokenizer(tmp.path());
@@ -243,4 +236,146 @@ fn device_cuda_without_a_gpu_is_an_error_and_cpu_is_logged() {
     let r = run_on(&model, &calib, &out, Method::Gptq, Layout::Gptq, false, None, Device::Auto)
         .unwrap();
     assert_eq!(r.log.device, "cpu");
+}
+
+/// Whether a usable GPU is present; without one the GPU tests skip (or fail under
+/// `QTOOL_REQUIRE_GPU=1`, as on the device).
+fn gpu_or_skip() -> bool {
+    match qtool_kernels::Gpu::open(0) {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
+            }
+            println!("skipped: {e}");
+            false
+        }
+    }
+}
+
+/// AWQ with the GPU pipeline (device forward passes, `Σxxᵀ` and `Σ|x|` on the device, the
+/// scale search's quadratic forms in f64 DGEMMs, the device error log) against the CPU pipeline.
+/// The forward passes differ by f32 rounding, so activations, and with them `mean|x|`, the scales
+/// and the statistics, differ by ~1e-6 relative; the f64 quadratic forms differ from the CPU's
+/// f32 ones by ~1e-6 relative as well. An α wins by far more than that except in near-ties, so
+/// the searches pick the same α on (nearly) every group; scaled weights then differ only in
+/// their last bits, which moves a few codes at rounding ties (hence a small share of bytes, and
+/// errors within a few percent, as GPTQ's bound).
+#[test]
+fn awq_on_the_gpu_matches_the_cpu_pipeline() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_with_tokenizer(tmp.path());
+    let calib = calib_file(tmp.path());
+    let go = |name: &str, device| {
+        let out = tmp.path().join(name);
+        run_on(&model, &calib, &out, Method::Awq, Layout::Awq, false, None, device).unwrap()
+    };
+    let cpu = go("cpu", Device::Cpu);
+    let gpu = go("gpu", Device::Cuda);
+    assert_eq!((cpu.log.device.as_str(), gpu.log.device.as_str()), ("cpu", "cuda"));
+    assert_eq!(cpu.log.layers.len(), gpu.log.layers.len());
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
+    let mut alpha_differs = 0;
+    for (c, g) in cpu.log.layers.iter().zip(&gpu.log.layers) {
+        println!(
+            "{}: alpha {:?}/{:?} rtn {:.6e}/{:.6e} awq {:.6e}/{:.6e}",
+            c.name, c.alpha, g.alpha, c.rtn_error, g.rtn_error, c.error, g.error
+        );
+        assert_eq!(c.name, g.name);
+        assert_eq!(c.alpha.is_some(), g.alpha.is_some(), "{}", c.name);
+        if c.alpha != g.alpha {
+            alpha_differs += 1;
+            continue;
+        }
+        assert!(
+            rel(c.rtn_error, g.rtn_error) < 1e-3,
+            "{}: rtn {} vs {}",
+            c.name,
+            c.rtn_error,
+            g.rtn_error
+        );
+        assert!(rel(c.error, g.error) < 5e-2, "{}: awq {} vs {}", c.name, c.error, g.error);
+    }
+    let differ = cpu.files.iter().zip(&gpu.files).filter(|(a, b)| a != b).count();
+    println!(
+        "alpha differs on {alpha_differs} layers; {differ} of {} bytes differ",
+        cpu.files.len()
+    );
+    // At most one group (q/k/v: three layers) may land on another α in a near-tie.
+    assert!(alpha_differs <= 3, "{alpha_differs} layers chose another alpha");
+    assert_eq!(cpu.files.len(), gpu.files.len());
+    assert!(differ * 50 <= cpu.files.len(), "{differ} of {} bytes differ", cpu.files.len());
+    let s = &gpu.log.summary;
+    assert!(s.mean_error < s.mean_rtn_error, "{s:?}");
+    // Same device, same bytes.
+    let again = go("gpu-again", Device::Cuda);
+    assert!(again.files == gpu.files, "GPU AWQ pipeline is not deterministic");
+}
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+/// The device statistics AWQ downloads and the device quadratic form, against the CPU's
+/// `Hessian` and `GramQuadForm` on the same activations (two batches; K not a multiple of the
+/// kernels' widths): `Σ|x|` sums in the CPU's order, so it is bit-equal; `Σxxᵀ` comes from SSYRK
+/// instead of the CPU's chunked SGEMM (f32 rounding, 1e-5 relative); the f64 quadratic form is
+/// checked against an f64 host sum (1e-10) and the CPU's f32 one (1e-4).
+#[test]
+fn gpu_abs_sums_and_quad_forms_match_the_cpu() {
+    use qtool_kernels::gptq::{quad_form, GptqGpu, GpuAbsSum, GpuHessian};
+    use qtool_quantizers::ptq::{GramQuadForm, Hessian, QuadForm};
+    if !gpu_or_skip() {
+        return;
+    }
+    let gpu = qtool_kernels::Gpu::open(0).unwrap();
+    let gg = GptqGpu::new(&gpu).unwrap();
+    let (k, t1, t2, rows) = (301, 700, 333, 19);
+    let mut seed = 5;
+    let x: Vec<f32> =
+        (0..(t1 + t2) * k).map(|i| lcg(&mut seed) * (1.0 + (i % k) as f32 / 50.0)).collect();
+    let mut cpu = Hessian::new(k);
+    let (mut gh, mut ga) = (GpuHessian::new(&gg, k).unwrap(), GpuAbsSum::new(&gg, k).unwrap());
+    for part in [&x[..t1 * k], &x[t1 * k..]] {
+        cpu.add(part).unwrap();
+        let xd = gpu.upload(part).unwrap();
+        gh.add_device(&gg, &xd, part.len() / k).unwrap();
+        ga.add_device(&gg, &xd, part.len() / k).unwrap();
+    }
+    assert_eq!((gh.tokens(), ga.tokens()), ((t1 + t2) as u64, (t1 + t2) as u64));
+    let host = Hessian::from_parts(
+        k,
+        gh.download_upper(&gg).unwrap(),
+        ga.download(&gg).unwrap(),
+        gh.tokens(),
+    )
+    .unwrap();
+    let (am_c, am_g) = (cpu.abs_mean().unwrap(), host.abs_mean().unwrap());
+    assert!(am_c.iter().zip(&am_g).all(|(a, b)| a.to_bits() == b.to_bits()), "abs sums differ");
+    let (gc, gh_host) = (cpu.gram().unwrap(), host.gram().unwrap());
+    let scale = gc.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in gc.iter().zip(&gh_host).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * scale, "gram[{i}] {a} vs {b}");
+    }
+    // The device gram is the downloaded one, bit for bit.
+    let gram_d = gh.gram(&gg).unwrap();
+    let gram_dev = gpu.download(&gram_d).unwrap();
+    assert!(gram_dev.iter().zip(&gh_host).all(|(a, b)| a.to_bits() == b.to_bits()), "device gram");
+    let d: Vec<f32> = (0..rows * k).map(|_| lcg(&mut seed)).collect();
+    let got = quad_form(&gg, &gram_d, k, &d, rows).unwrap();
+    let mut exact = 0.0f64;
+    for r in d.chunks_exact(k) {
+        for i in 0..k {
+            let row: f64 = (0..k).map(|j| gram_dev[i * k + j] * f64::from(r[j])).sum();
+            exact += f64::from(r[i]) * row;
+        }
+    }
+    assert!((got - exact).abs() <= 1e-10 * exact.abs(), "{got} vs {exact}");
+    let cpu_qf = GramQuadForm::new(&gram_dev, k).unwrap().sum(&d, rows).unwrap();
+    assert!((got - cpu_qf).abs() <= 1e-4 * exact.abs(), "{got} vs cpu {cpu_qf}");
+    assert!(quad_form(&gg, &gram_d, k, &d[1..], rows).is_err(), "ragged rows are refused");
 }

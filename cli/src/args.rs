@@ -180,8 +180,9 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub resume: bool,
 
-    /// gptq: where the GPTQ solve runs: auto (the GPU when one is usable, else the CPU), cuda
-    /// (no usable GPU is an error) or cpu. The block forward pass runs on the CPU either way.
+    /// gptq/awq: where the calibration pipeline runs: auto (the GPU when one is usable, else the
+    /// CPU), cuda (no usable GPU is an error) or cpu. On the GPU: forward passes, statistics,
+    /// GPTQ's solve, AWQ's error evaluations and the per-layer log.
     #[arg(long, value_name = "DEV", default_value = "auto", value_parser = ["auto", "cuda", "cpu"])]
     pub device: String,
 

@@ -281,3 +281,15 @@ gptq_block(const float* __restrict__ w, int n, int k, int i1, int cnt,
     for (int off = 16; off > 0; off >>= 1) lsum += __shfl_down_sync(0xffffffffu, lsum, off);
     if (lane == 0) loss[row] += lsum;
 }
+
+// acc[c] += Σ_r |x[r][c]| over the t rows of x ([t, K] row-major), one thread per channel
+// summing in row order in f64: the order of the CPU's Hessian::add, so equal activations give
+// equal sums (AWQ's activation salience; warps read consecutive channels, so loads coalesce).
+extern "C" __global__ void abs_accum(const float* __restrict__ x, double* __restrict__ acc, int k,
+                                     u64 t) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < k; c += gridDim.x * blockDim.x) {
+        double s = acc[c];
+        for (u64 r = 0; r < t; ++r) s += (double)fabsf(x[r * (u64)k + c]);
+        acc[c] = s;
+    }
+}

@@ -217,7 +217,7 @@ pub fn output_errors(
             gram.len()
         )));
     }
-    let (ni, ki, nki) = (dim(n, "N")?, dim(k, "K")?, dim(nk, "N·K")?);
+    dim(nk, "N·K")?;
     let gpu = g.gpu;
     let w_d = gpu.upload(w)?;
     let mut hat_d = gpu.zeros::<f32>(nk)?;
@@ -238,44 +238,7 @@ pub fn output_errors(
         }
         b.arg(&mut d).arg(&len);
         launch(gpu, &f_diff, "diff_f64", b, config(GptqGpu::ew_grid(nk)?, (EW_THREADS, 1, 1), 0))?;
-        let stream = gpu.stream();
-        let (gp, _gg) = gram.device_ptr(stream);
-        let (dp, _gd) = d.device_ptr(stream);
-        let (pp, _gp) = p.device_ptr_mut(stream);
-        let (one, zero) = (1.0f64, 0.0f64);
-        let mut out = 0f64;
-        // SAFETY: gram is K×K, d and p are K×N (ld K) f64 on this stream; the result pointer is
-        // a host f64 (the handle's default host pointer mode), read after the call returns.
-        unsafe {
-            let st = cb::cublasDgemm_v2(
-                *g.blas.handle(),
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                ki,
-                ni,
-                ki,
-                &one,
-                gp as *const f64,
-                ki,
-                dp as *const f64,
-                ki,
-                &zero,
-                pp as *mut f64,
-                ki,
-            );
-            blas_check(st, "cublasDgemm (output error)")?;
-            let st = cb::cublasDdot_v2(
-                *g.blas.handle(),
-                nki,
-                dp as *const f64,
-                1,
-                pp as *const f64,
-                1,
-                &mut out,
-            );
-            blas_check(st, "cublasDdot (output error)")?;
-        }
-        Ok(out)
+        gram_quad(g, gram, &d, &mut p, k, n)
     };
     let sig = quad(None)?;
     w_hats
@@ -754,4 +717,183 @@ impl std::fmt::Debug for GpuFactor {
             .field("fallback", &self.fallback())
             .finish()
     }
+}
+
+/// Threads per CTA of `abs_accum` (one channel each): small, so that a 4096-channel input
+/// still spreads over 32 SMs.
+const ABS_THREADS: u32 = 128;
+
+/// `Σ |x|` per input channel accumulated on the GPU (AWQ's activation salience), in f64 and in
+/// token order per channel like the CPU's `ptq::Hessian`, so equal activations give equal sums.
+pub struct GpuAbsSum {
+    k: usize,
+    acc: CudaSlice<f64>,
+    tokens: u64,
+}
+
+impl GpuAbsSum {
+    pub fn new(g: &GptqGpu<'_>, k: usize) -> KResult<Self> {
+        dim(k, "K")?;
+        Ok(GpuAbsSum { k, acc: g.gpu.zeros(k.max(1))?, tokens: 0 })
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Adds `t` tokens already on the device (`[t, K]` row-major).
+    pub fn add_device(&mut self, g: &GptqGpu<'_>, x: &CudaSlice<f32>, t: usize) -> KResult<()> {
+        let k = self.k;
+        if t == 0 || k == 0 {
+            return Ok(());
+        }
+        if x.len() < t * k {
+            return Err(KernelError::Shape(format!("activations: {} < {t}·{k}", x.len())));
+        }
+        let (ki, tu) = (dim(k, "K")?, t as u64);
+        let f = g.gpu.function(&SRC, "abs_accum")?;
+        let mut b = g.gpu.stream().launch_builder(&f);
+        b.arg(x).arg(&mut self.acc).arg(&ki).arg(&tu);
+        let grid = (blocks(k, ABS_THREADS as usize)?.max(1), 1, 1);
+        launch(g.gpu, &f, "abs_accum", b, config(grid, (ABS_THREADS, 1, 1), 0))?;
+        self.tokens += tu;
+        Ok(())
+    }
+
+    /// `Σ |x|` per channel (`K` values).
+    pub fn download(&self, g: &GptqGpu<'_>) -> KResult<Vec<f64>> {
+        let mut v = g.gpu.download(&self.acc)?;
+        v.truncate(self.k);
+        Ok(v)
+    }
+}
+
+impl std::fmt::Debug for GpuAbsSum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuAbsSum").field("k", &self.k).field("tokens", &self.tokens).finish()
+    }
+}
+
+impl GpuHessian {
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `Σ xxᵀ` as the CPU's `ptq::Hessian` stores it: row-major `K×K` whose upper triangle
+    /// (`j ≥ i`) holds the sums, the rest zero. The device accumulator's column-major lower
+    /// triangle is exactly those bytes, so this is one download.
+    pub fn download_upper(&self, g: &GptqGpu<'_>) -> KResult<Vec<f64>> {
+        g.gpu.download(&self.acc)
+    }
+
+    /// `XᵀX/T`, full symmetric `K×K` f64 on the device (the scale the CPU's `Hessian::gram`
+    /// uses, computed the same way: each sum times `1/T`).
+    pub fn gram(&self, g: &GptqGpu<'_>) -> KResult<CudaSlice<f64>> {
+        if self.tokens == 0 {
+            return Err(KernelError::Shape("gram of zero tokens".into()));
+        }
+        let k = self.k;
+        let mut out = g.gpu.zeros::<f64>(k * k)?;
+        let scale = 1.0 / self.tokens as f64;
+        let ki = dim(k, "K")?;
+        let f = g.gpu.function(&SRC, "hess_finish")?;
+        let mut b = g.gpu.stream().launch_builder(&f);
+        b.arg(&self.acc).arg(&scale).arg(&mut out).arg(&ki);
+        launch(
+            g.gpu,
+            &f,
+            "hess_finish",
+            b,
+            config(GptqGpu::ew_grid(k * k)?, (EW_THREADS, 1, 1), 0),
+        )?;
+        Ok(out)
+    }
+}
+
+/// `Σ_r d_r·G·d_rᵀ` over the rows of the host `d` (`[rows, K]` row-major f32) with the device
+/// `gram` (`K×K` symmetric f64): AWQ's scale-search error on the GPU. `d` is widened to f64 and
+/// the product is one DGEMM and one dot product, in f64 where the CPU's `GramQuadForm` rounds
+/// `G` to f32 and multiplies in f32: on Hopper f64 GEMMs run at the f32 SIMT rate, so the more
+/// exact form costs nothing, and the search's choices then differ from the CPU's only where
+/// two α are closer than the CPU's own f32 rounding.
+pub fn quad_form(
+    g: &GptqGpu<'_>,
+    gram: &CudaSlice<f64>,
+    k: usize,
+    d: &[f32],
+    rows: usize,
+) -> KResult<f64> {
+    let nk = rows * k;
+    if d.len() != nk || gram.len() < k * k {
+        return Err(KernelError::Shape(format!(
+            "quadratic form: {} values for [{rows}, {k}], gram of {}",
+            d.len(),
+            gram.len()
+        )));
+    }
+    if nk == 0 {
+        return Ok(0.0);
+    }
+    dim(nk, "rows·K")?;
+    let gpu = g.gpu;
+    let d32 = gpu.upload(d)?;
+    let mut d64 = gpu.zeros::<f64>(nk)?;
+    let mut p = gpu.zeros::<f64>(nk)?;
+    let f_diff = gpu.function(&SRC, "diff_f64")?;
+    let (len, null) = (nk as u64, 0u64);
+    let mut b = gpu.stream().launch_builder(&f_diff);
+    b.arg(&d32).arg(&null).arg(&mut d64).arg(&len);
+    launch(gpu, &f_diff, "diff_f64", b, config(GptqGpu::ew_grid(nk)?, (EW_THREADS, 1, 1), 0))?;
+    gram_quad(g, gram, &d64, &mut p, k, rows)
+}
+
+/// `⟨D, G·D⟩ = Σ_r d_r·G·d_rᵀ` for `d` = row-major `[rows, K]` f64 (column-major `K×rows`, ld
+/// `K`), with `p` (same size) as the product's scratch: one DGEMM and one dot product.
+fn gram_quad(
+    g: &GptqGpu<'_>,
+    gram: &CudaSlice<f64>,
+    d: &CudaSlice<f64>,
+    p: &mut CudaSlice<f64>,
+    k: usize,
+    rows: usize,
+) -> KResult<f64> {
+    let (ki, ni, nki) = (dim(k, "K")?, dim(rows, "rows")?, dim(k * rows, "rows·K")?);
+    let stream = g.gpu.stream();
+    let (gp, _gg) = gram.device_ptr(stream);
+    let (dp, _gd) = d.device_ptr(stream);
+    let (pp, _gp) = p.device_ptr_mut(stream);
+    let (one, zero) = (1.0f64, 0.0f64);
+    let mut out = 0f64;
+    // SAFETY: gram is K×K, d and p hold K·rows f64 (ld K) on this stream; the result pointer is
+    // a host f64 (the handle's default host pointer mode), read after the call returns.
+    unsafe {
+        let st = cb::cublasDgemm_v2(
+            *g.blas.handle(),
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            ki,
+            ni,
+            ki,
+            &one,
+            gp as *const f64,
+            ki,
+            dp as *const f64,
+            ki,
+            &zero,
+            pp as *mut f64,
+            ki,
+        );
+        blas_check(st, "cublasDgemm (quadratic form)")?;
+        let st = cb::cublasDdot_v2(
+            *g.blas.handle(),
+            nki,
+            dp as *const f64,
+            1,
+            pp as *const f64,
+            1,
+            &mut out,
+        );
+        blas_check(st, "cublasDdot (quadratic form)")?;
+    }
+    Ok(out)
 }

@@ -12,14 +12,102 @@
 //! the clip search runs on the scaled weights with the statistics of the scaled inputs (as
 //! AutoAWQ: `apply_scale` before `auto_clip`, no clipping for q/k). A group with a linear left
 //! unquantized (`--ignore`) is not scaled.
+//!
+//! The statistics come through [`AwqStats`]: the CPU capture's host Hessians ([`CpuStats`]),
+//! or the GPU pipeline's device sums ([`super::gpu`]), which also evaluates the scale search's
+//! quadratic forms and the held-out errors on the device. The rounding, folding and clip search
+//! run here on the host either way.
 
 use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
 use qtool_quantizers::ptq::awq::scale_gram;
-use qtool_quantizers::ptq::{clip_search, output_error, search_scales, AwqConfig};
+use qtool_quantizers::ptq::{
+    clip_search, output_error, search_scales, AwqConfig, PtqError, ScaleSearch,
+};
 
 use super::{linear_mut, LayerLog, PipelineError, SiteStats, Store, Target};
 use crate::engine::{Block, Site};
+
+pub(super) fn layer_err(layer: &str) -> impl FnOnce(PtqError) -> PipelineError + '_ {
+    move |source| PipelineError::Layer { layer: layer.to_owned(), source }
+}
+
+/// The statistics of one block's input sites and the products AWQ takes of them; `layer` names
+/// the linear an error is reported for.
+pub(super) trait AwqStats {
+    /// `XᵀX/T` of the calibration inputs at `site`, `K×K` on the host (the clip search's).
+    fn gram(&self, site: Site, layer: &str) -> Result<Vec<f64>, PipelineError>;
+    /// `mean |x|` of the calibration inputs at `site`.
+    fn abs_mean(&self, site: Site, layer: &str) -> Result<Vec<f32>, PipelineError>;
+    /// The scale search of the group `linears` reading `site`, whose gram is `gram`.
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &self,
+        site: Site,
+        gram: &[f64],
+        linears: &[(&[f32], usize)],
+        k: usize,
+        am: &[f32],
+        cfg: &AwqConfig,
+        layer: &str,
+    ) -> Result<ScaleSearch, PipelineError>;
+    /// `output_error(w, ŵ)` on the held-out inputs at `site` for each `ŵ` of `hats`.
+    #[allow(clippy::too_many_arguments)]
+    fn errors(
+        &self,
+        site: Site,
+        w: &[f32],
+        hats: [&[f32]; 2],
+        n: usize,
+        k: usize,
+        layer: &str,
+    ) -> Result<[f64; 2], PipelineError>;
+}
+
+/// The CPU capture's statistics: calibration and held-out host Hessians.
+pub(super) struct CpuStats<'a> {
+    pub stats: &'a SiteStats,
+    pub held: &'a SiteStats,
+    pub block: usize,
+}
+
+impl AwqStats for CpuStats<'_> {
+    fn gram(&self, site: Site, layer: &str) -> Result<Vec<f64>, PipelineError> {
+        self.stats.get(site, self.block)?.gram().map_err(layer_err(layer))
+    }
+
+    fn abs_mean(&self, site: Site, layer: &str) -> Result<Vec<f32>, PipelineError> {
+        self.stats.get(site, self.block)?.abs_mean().map_err(layer_err(layer))
+    }
+
+    fn search(
+        &self,
+        _site: Site,
+        gram: &[f64],
+        linears: &[(&[f32], usize)],
+        k: usize,
+        am: &[f32],
+        cfg: &AwqConfig,
+        layer: &str,
+    ) -> Result<ScaleSearch, PipelineError> {
+        search_scales(linears, k, gram, am, cfg).map_err(layer_err(layer))
+    }
+
+    fn errors(
+        &self,
+        site: Site,
+        w: &[f32],
+        hats: [&[f32]; 2],
+        n: usize,
+        k: usize,
+        layer: &str,
+    ) -> Result<[f64; 2], PipelineError> {
+        let held_gram = self.held.get(site, self.block)?.gram().map_err(layer_err(layer))?;
+        let a = output_error(w, hats[0], n, k, &held_gram).map_err(layer_err(layer))?;
+        let b = output_error(w, hats[1], n, k, &held_gram).map_err(layer_err(layer))?;
+        Ok([a, b])
+    }
+}
 
 /// Where a group's scales are folded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +138,7 @@ const NAMES: [&str; 7] = [
 pub(super) fn quantize(
     block: &mut Block,
     targets: &[Target],
-    stats: &SiteStats,
-    held: &SiteStats,
+    stats: &dyn AwqStats,
     plan: &QuantizePlan,
     settings: &IntSettings,
     store: &Store,
@@ -62,15 +149,14 @@ pub(super) fn quantize(
         AwqConfig::new(rtn, sd)
     };
     let target_at = |slot: usize| targets.iter().find(|t| t.slot == slot);
-    let layer_err = |layer: &str| {
-        let layer = layer.to_owned();
-        move |source| PipelineError::Layer { layer, source }
-    };
     let orig: Vec<Vec<f32>> =
         block.linears().iter().map(|(_, _, l)| l.weight.data.clone()).collect();
     let dims: Vec<(usize, usize)> =
         block.linears().iter().map(|(_, _, l)| (l.weight.rows, l.weight.cols)).collect();
 
+    // Where the host time goes (`QTOOL_AWQ_TIMES=1`: one stderr line per block).
+    let t_start = std::time::Instant::now();
+    let mut t_clip = 0.0f64;
     // 1. Scale searches on the original weights.
     let mut col_scale: [Option<Vec<f32>>; 7] = Default::default();
     let mut row_scale: [Option<Vec<f32>>; 7] = Default::default();
@@ -87,13 +173,11 @@ pub(super) fn quantize(
                 continue;
             }
         }
-        let st = stats.get(site, bi)?;
-        let gram = st.gram().map_err(layer_err(&ts[0].name))?;
-        let am = st.abs_mean().map_err(layer_err(&ts[0].name))?;
+        let gram = stats.gram(site, &ts[0].name)?;
+        let am = stats.abs_mean(site, &ts[0].name)?;
         let linears: Vec<(&[f32], usize)> =
             slots.iter().map(|&s| (orig[s].as_slice(), dims[s].0)).collect();
-        let found = search_scales(&linears, k, &gram, &am, &cfg_of(ts[0]))
-            .map_err(layer_err(&ts[0].name))?;
+        let found = stats.search(site, &gram, &linears, k, &am, &cfg_of(ts[0]), &ts[0].name)?;
         for &s in slots {
             col_scale[s] = Some(found.scales.clone());
             alpha[s] = Some(found.alpha);
@@ -104,6 +188,7 @@ pub(super) fn quantize(
         folds.push((producer, found.scales));
     }
 
+    let t_search = t_start.elapsed().as_secs_f64();
     // 2. Fold: weights ×s by column, producers ÷s.
     for (slot, s) in col_scale.iter().enumerate() {
         if let Some(s) = s {
@@ -159,9 +244,9 @@ pub(super) fn quantize(
     for t in targets {
         let (n, k) = dims[t.slot];
         let cfg = cfg_of(t);
-        let st = stats.get(t.site, bi)?;
-        let gram = st.gram().map_err(layer_err(&t.name))?;
+        let gram = stats.gram(t.site, &t.name)?;
         let lin = linear_mut(block, t.slot);
+        let t_c = std::time::Instant::now();
         let w = if t.slot >= 2 {
             let g = match &col_scale[t.slot] {
                 Some(s) => scale_gram(&gram, k, s),
@@ -171,6 +256,7 @@ pub(super) fn quantize(
         } else {
             lin.weight.data.clone()
         };
+        t_clip += t_c.elapsed().as_secs_f64();
         let int_err = |source| PipelineError::Int { layer: t.name.clone(), source };
         let q = quantize_for_storage(&w, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
         let deq = dequantize(&q).map_err(int_err)?;
@@ -185,13 +271,11 @@ pub(super) fn quantize(
                 *v = *v * rf / cf;
             }
         }
-        let held_gram = held.get(t.site, bi)?.gram().map_err(layer_err(&t.name))?;
         let w0 = &orig[t.slot];
         let rtn =
             quantize_for_storage(w0, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
-        let rtn_error = output_error(w0, &dequantize(&rtn).map_err(int_err)?, n, k, &held_gram)
-            .map_err(layer_err(&t.name))?;
-        let error = output_error(w0, &eff, n, k, &held_gram).map_err(layer_err(&t.name))?;
+        let rtn_deq = dequantize(&rtn).map_err(int_err)?;
+        let [rtn_error, error] = stats.errors(t.site, w0, [&rtn_deq, &eff], n, k, &t.name)?;
         lin.weight.data = deq;
         logs.push(LayerLog {
             name: t.name.clone(),
@@ -203,6 +287,13 @@ pub(super) fn quantize(
             alpha: alpha[t.slot],
             fallback: None,
         });
+    }
+    if std::env::var_os("QTOOL_AWQ_TIMES").is_some() {
+        let total = t_start.elapsed().as_secs_f64();
+        eprintln!(
+            "awq block {bi}: search {t_search:.2} s, clip {t_clip:.2} s, rest {:.2} s",
+            total - t_search - t_clip
+        );
     }
     for (name, v) in changed_floats {
         store.put_float(&name, &v)?;

@@ -7,34 +7,8 @@ use qtool_quantizers::int::{dequantize, quantize_for_storage};
 use qtool_quantizers::ptq::gptq::{quantize_prepared, Prepared};
 use qtool_quantizers::ptq::{output_error, GptqConfig};
 
-use qtool_kernels::gptq::GptqGpu;
-use qtool_kernels::{Gpu, KernelError};
-
-use super::{Device, LayerLog, Options, PipelineError, SiteStats, Store, Target};
+use super::{LayerLog, Options, PipelineError, SiteStats, Store, Target};
 use crate::engine::{Block, Site};
-
-/// The GPU for `device`: `Cuda` without one is an error naming the reason; `Auto` falls back to
-/// the CPU with one line on stderr.
-pub(super) fn open_gpu(device: Device) -> Result<Option<Gpu>, PipelineError> {
-    let tried = match device {
-        Device::Cpu => return Ok(None),
-        Device::Auto | Device::Cuda => Gpu::open(0).and_then(|g| {
-            GptqGpu::new(&g)?;
-            Ok(g)
-        }),
-    };
-    match (tried, device) {
-        (Ok(g), _) => Ok(Some(g)),
-        (Err(e), Device::Cuda) => Err(PipelineError::Gpu {
-            layer: String::new(),
-            source: KernelError::NoGpu(format!("--device cuda: {e}")),
-        }),
-        (Err(e), _) => {
-            eprintln!("qtool: GPTQ runs on the CPU ({e})");
-            Ok(None)
-        }
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize(

@@ -1,4 +1,4 @@
-//! The pipeline's GPU path (GPTQ): the residual streams of every window live on the device for
+//! The pipeline's GPU path (GPTQ, AWQ): the residual streams of every window live on the device for
 //! the whole run, each block is uploaded once, its inputs are captured straight into device
 //! Hessians (cuBLAS SSYRK into f64), GPTQ factorizes and solves there, and the quantized pass
 //! runs there too. The host only decodes weights from the checkpoint, rounds the RTN baseline,
@@ -8,18 +8,57 @@
 //! residual streams (≈ 1.1 GB) and their copy for the capture pass, one block of f32 weights
 //! (≈ 0.8 GB), the forward pass's scratch, and the f64 `K×K` matrices of one input site at a time
 //! (≈ 1 GB each for `down_proj`'s 11008 inputs).
+//!
+//! AWQ ([`GpuPipeline::run_block`] with `--method awq`): the capture pass also sums `|x|` per
+//! channel (calibration windows only); the calibration sums come down into host
+//! [`Hessian`]s for the clip search while their grams stay on the device for the scale
+//! search's quadratic forms ([`quad_form`], f64), and the held-out Hessians stay there for the
+//! error log ([`output_errors`]). The host rounds, folds the scales into the norms and
+//! producer rows and clips ([`super::awq_block`]); the block is then uploaded again, since AWQ
+//! changes more than the quantized linears, for the quantized pass. Device memory adds the
+//! calibration grams of all four sites (≈ 1.4 GB for a 7B shape).
 
 use qtool_kernels::llama::CudaSlice;
 
-use qtool_kernels::gptq::{gptq_quantize, output_errors, GptqGpu, GpuFactor, GpuHessian};
+use std::cell::RefCell;
+
+use qtool_kernels::gptq::{
+    gptq_quantize, output_errors, quad_form, GptqGpu, GpuAbsSum, GpuFactor, GpuHessian,
+};
 use qtool_kernels::llama::LlamaGpu;
 use qtool_kernels::{Gpu, KernelError};
 use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
-use qtool_quantizers::ptq::GptqConfig;
+use qtool_quantizers::ptq::{
+    search_scales_with, AwqConfig, GptqConfig, Hessian, PtqError, PtqResult, QuadForm, ScaleSearch,
+};
 
-use super::{site_index, LayerLog, Options, PipelineError, Store, Target};
+use super::awq_block::{self, layer_err, AwqStats};
+use super::{site_index, Device, LayerLog, Method, Options, PipelineError, Store, Target};
 use crate::engine::{Block, EngineError, GpuBlock, Matrix, Site};
+
+/// The GPU for `device` and `method`: `Cuda` without a usable one is an error naming the reason;
+/// `Auto` falls back to the CPU with one line on stderr.
+pub(super) fn open(device: Device, method: Method) -> Result<Option<Gpu>, PipelineError> {
+    let tried = match device {
+        Device::Cpu => return Ok(None),
+        Device::Auto | Device::Cuda => Gpu::open(0).and_then(|g| {
+            GptqGpu::new(&g)?;
+            Ok(g)
+        }),
+    };
+    match (tried, device) {
+        (Ok(g), _) => Ok(Some(g)),
+        (Err(e), Device::Cuda) => Err(PipelineError::Gpu {
+            layer: String::new(),
+            source: KernelError::NoGpu(format!("--device cuda: {e}")),
+        }),
+        (Err(e), _) => {
+            eprintln!("qtool: {} runs on the CPU ({e})", method.name().to_uppercase());
+            Ok(None)
+        }
+    }
+}
 
 fn gpu_err(layer: &str) -> impl FnOnce(KernelError) -> PipelineError + '_ {
     move |source| PipelineError::Gpu { layer: layer.to_owned(), source }
@@ -37,10 +76,12 @@ pub(super) struct GpuPipeline<'g> {
     seqlen: usize,
 }
 
-/// `Σ xxᵀ` of the four input sites of one block, on the device.
+/// `Σ xxᵀ` (and, for AWQ, `Σ |x|`) of the four input sites of one block, on the device.
 #[derive(Default)]
 struct DeviceStats {
     sites: [Option<GpuHessian>; 4],
+    abs: [Option<GpuAbsSum>; 4],
+    with_abs: bool,
 }
 
 impl DeviceStats {
@@ -52,6 +93,13 @@ impl DeviceStats {
         rows: usize,
         k: usize,
     ) -> Result<(), KernelError> {
+        if self.with_abs {
+            let a = &mut self.abs[site_index(site)];
+            if a.is_none() {
+                *a = Some(GpuAbsSum::new(gg, k)?);
+            }
+            a.as_mut().expect("just set").add_device(gg, x, rows)?;
+        }
         let slot = &mut self.sites[site_index(site)];
         if slot.is_none() {
             *slot = Some(GpuHessian::new(gg, k)?);
@@ -118,18 +166,16 @@ impl<'g> GpuPipeline<'g> {
         opts: &Options,
         store: &Store,
     ) -> Result<Vec<LayerLog>, PipelineError> {
+        if opts.method == Method::Awq {
+            return self.run_block_awq(block, targets, plan, settings, store);
+        }
         let bi = block.index;
         let mut dev = GpuBlock::upload(&self.ops, block)?;
         let mut logs = Vec::new();
         if !targets.is_empty() {
-            let site_k = [
-                block.q.weight.cols,
-                block.o.weight.cols,
-                block.gate.weight.cols,
-                block.down.weight.cols,
-            ];
-            let stats = self.capture(&dev, &site_k, false)?;
-            let held = self.capture(&dev, &site_k, true)?;
+            let site_k = site_k(block);
+            let stats = self.capture(&dev, &site_k, false, false)?;
+            let held = self.capture(&dev, &site_k, true, false)?;
             for site in Site::ALL {
                 let at: Vec<&Target> = targets.iter().filter(|t| t.site == site).collect();
                 let Some(first) = at.first() else { continue };
@@ -187,15 +233,48 @@ impl<'g> GpuPipeline<'g> {
         Ok(logs)
     }
 
+    /// AWQ of block `block`: capture on the device, search and fold on the host with the
+    /// device's statistics and quadratic forms, then the quantized pass with the block uploaded
+    /// again (norms and producer rows changed too).
+    fn run_block_awq(
+        &mut self,
+        block: &mut Block,
+        targets: &[Target],
+        plan: &QuantizePlan,
+        settings: &IntSettings,
+        store: &Store,
+    ) -> Result<Vec<LayerLog>, PipelineError> {
+        let mut logs = Vec::new();
+        if !targets.is_empty() {
+            let stats = {
+                let dev = GpuBlock::upload(&self.ops, block)?;
+                let site_k = site_k(block);
+                let calib = self.capture(&dev, &site_k, false, true)?;
+                let held = self.capture(&dev, &site_k, true, false)?;
+                drop(dev);
+                AwqDeviceStats::new(&self.gg, block.index, calib, held)?
+            };
+            logs = awq_block::quantize(block, targets, &stats, plan, settings, store)?;
+        }
+        let dev = GpuBlock::upload(&self.ops, block)?;
+        let seqlen = self.seqlen;
+        dev.forward(&self.ops, &mut self.calib, self.n_calib, seqlen, None)?;
+        if self.n_held > 0 {
+            dev.forward(&self.ops, &mut self.held, self.n_held, seqlen, None)?;
+        }
+        Ok(logs)
+    }
+
     /// Runs a copy of the calibration (or held-out) streams through the unquantized block and
-    /// accumulates every site's `Σ xxᵀ`.
+    /// accumulates every site's `Σ xxᵀ` (and `Σ |x|` with `abs`).
     fn capture(
         &self,
         dev: &GpuBlock,
         site_k: &[usize; 4],
         held: bool,
+        abs: bool,
     ) -> Result<DeviceStats, PipelineError> {
-        let mut stats = DeviceStats::default();
+        let mut stats = DeviceStats { with_abs: abs, ..DeviceStats::default() };
         let windows = if held { self.n_held } else { self.n_calib };
         if windows == 0 {
             return Ok(stats);
@@ -214,5 +293,126 @@ impl<'g> GpuPipeline<'g> {
             }),
         )?;
         Ok(stats)
+    }
+}
+
+/// Input features of the four sites of `block`.
+fn site_k(block: &Block) -> [usize; 4] {
+    [block.q.weight.cols, block.o.weight.cols, block.gate.weight.cols, block.down.weight.cols]
+}
+
+/// One block's AWQ statistics from the device: per site, the calibration statistics as a host
+/// [`Hessian`] (clip search, abs-mean) and its gram on the device (scale search), and the
+/// held-out `2·XᵀX/T` on the device (error log).
+struct AwqDeviceStats<'a, 'g> {
+    gg: &'a GptqGpu<'g>,
+    block: usize,
+    calib: [Option<(Hessian, CudaSlice<f64>)>; 4],
+    held: [Option<CudaSlice<f64>>; 4],
+}
+
+impl<'a, 'g> AwqDeviceStats<'a, 'g> {
+    fn new(
+        gg: &'a GptqGpu<'g>,
+        block: usize,
+        calib: DeviceStats,
+        held: DeviceStats,
+    ) -> Result<Self, PipelineError> {
+        let name = format!("block {block}");
+        let mut out =
+            AwqDeviceStats { gg, block, calib: Default::default(), held: Default::default() };
+        for (i, (h, a)) in calib.sites.into_iter().zip(calib.abs).enumerate() {
+            let (Some(h), Some(a)) = (h, a) else { continue };
+            let upper = h.download_upper(gg).map_err(gpu_err(&name))?;
+            let abs = a.download(gg).map_err(gpu_err(&name))?;
+            let host =
+                Hessian::from_parts(h.k(), upper, abs, h.tokens()).map_err(layer_err(&name))?;
+            let gram = h.gram(gg).map_err(gpu_err(&name))?;
+            out.calib[i] = Some((host, gram));
+        }
+        for (i, h) in held.sites.into_iter().enumerate() {
+            if let Some(h) = h {
+                out.held[i] = Some(h.hessian(gg).map_err(gpu_err(&name))?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn calib(&self, site: Site) -> Result<&(Hessian, CudaSlice<f64>), PipelineError> {
+        self.calib[site_index(site)].as_ref().ok_or_else(|| {
+            PipelineError::Usage(format!(
+                "block {}: no activations were captured at {site:?}",
+                self.block
+            ))
+        })
+    }
+}
+
+/// [`QuadForm`] over a device gram; a device failure is kept aside so the pipeline reports the
+/// [`KernelError`] itself rather than the search's generic error.
+struct DeviceQuadForm<'a, 'g> {
+    gg: &'a GptqGpu<'g>,
+    gram: &'a CudaSlice<f64>,
+    k: usize,
+    failed: RefCell<Option<KernelError>>,
+}
+
+impl QuadForm for DeviceQuadForm<'_, '_> {
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn sum(&self, d: &[f32], rows: usize) -> PtqResult<f64> {
+        quad_form(self.gg, self.gram, self.k, d, rows).map_err(|e| {
+            let msg = format!("GPU quadratic form: {e}");
+            *self.failed.borrow_mut() = Some(e);
+            PtqError::Config(msg)
+        })
+    }
+}
+
+impl AwqStats for AwqDeviceStats<'_, '_> {
+    fn gram(&self, site: Site, layer: &str) -> Result<Vec<f64>, PipelineError> {
+        self.calib(site)?.0.gram().map_err(layer_err(layer))
+    }
+
+    fn abs_mean(&self, site: Site, layer: &str) -> Result<Vec<f32>, PipelineError> {
+        self.calib(site)?.0.abs_mean().map_err(layer_err(layer))
+    }
+
+    fn search(
+        &self,
+        site: Site,
+        _gram: &[f64],
+        linears: &[(&[f32], usize)],
+        k: usize,
+        am: &[f32],
+        cfg: &AwqConfig,
+        layer: &str,
+    ) -> Result<ScaleSearch, PipelineError> {
+        let qf = DeviceQuadForm { gg: self.gg, gram: &self.calib(site)?.1, k, failed: None.into() };
+        search_scales_with(linears, &qf, am, cfg).map_err(|e| match qf.failed.take() {
+            Some(source) => PipelineError::Gpu { layer: layer.to_owned(), source },
+            None => PipelineError::Layer { layer: layer.to_owned(), source: e },
+        })
+    }
+
+    fn errors(
+        &self,
+        site: Site,
+        w: &[f32],
+        hats: [&[f32]; 2],
+        n: usize,
+        k: usize,
+        layer: &str,
+    ) -> Result<[f64; 2], PipelineError> {
+        let held = self.held[site_index(site)].as_ref().ok_or_else(|| {
+            PipelineError::Usage(format!(
+                "block {}: no held-out activations were captured at {site:?}",
+                self.block
+            ))
+        })?;
+        let e = output_errors(self.gg, w, &hats, n, k, held).map_err(gpu_err(layer))?;
+        Ok([e[0], e[1]])
     }
 }

@@ -96,7 +96,9 @@ pub struct Options {
 }
 
 /// Where the pipeline runs (`--device`). GPTQ on the GPU runs everything there (forward passes,
-/// statistics, factorization, solve, error log); AWQ's search runs on the CPU either way.
+/// statistics, factorization, solve, error log); AWQ on the GPU runs the forward passes, the
+/// statistics, the scale search's quadratic forms and the error log there, and its rounding,
+/// folding and clip search on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     /// The GPU when one is usable, else the CPU (with one line on stderr).
@@ -227,10 +229,7 @@ pub fn run_on(
     if !(opts.damp > 0.0 && opts.damp < 1.0) {
         return Err(PipelineError::Usage(format!("--damp {} must be in (0, 1)", opts.damp)));
     }
-    let gpu = match opts.method {
-        Method::Gptq => gptq_block::open_gpu(device)?,
-        Method::Awq => None,
-    };
+    let gpu = gpu::open(device, opts.method)?;
     let cfg = model.config().clone();
     let tok = Tokenizer::for_model(model)?;
     let calib = calibration::build(&tok, &opts.calib)?;
@@ -328,7 +327,12 @@ pub fn run_on(
                         &mut block, &targets, &stats, &held, plan, &settings, opts, &store,
                     )?,
                     Method::Awq => awq_block::quantize(
-                        &mut block, &targets, &stats, &held, plan, &settings, &store,
+                        &mut block,
+                        &targets,
+                        &awq_block::CpuStats { stats: &stats, held: &held, block: i },
+                        plan,
+                        &settings,
+                        &store,
                     )?,
                 };
             }

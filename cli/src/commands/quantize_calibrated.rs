@@ -87,9 +87,6 @@ fn run(args: &QuantizeArgs, method: Method, out: &Output) -> anyhow::Result<Exit
     if method == Method::Awq && (args.act_order || args.damp != 0.01) {
         bail!("--act-order and --damp apply to --method gptq");
     }
-    if method == Method::Awq && args.device != "auto" {
-        bail!("--device applies to --method gptq (AWQ runs on the CPU)");
-    }
     let (layout, marlin) = match args.layout.as_deref() {
         Some("marlin") => (Layout::Gptq, true),
         Some(name) => (

@@ -23,7 +23,7 @@ use crate::int::rtn::{encode, group_params};
 use crate::int::{dequantize, quantize_for_storage, GroupSize, RtnConfig, ScaleDtype};
 
 use super::error::{check_finite, check_len, PtqError, PtqResult};
-use super::hessian::quad_form_sum;
+use super::hessian::{GramQuadForm, QuadForm};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AwqConfig {
@@ -55,26 +55,51 @@ pub struct ScaleSearch {
     pub rtn_error: f64,
 }
 
-/// `Σ ‖X(W − Ŵ)ᵀ‖²/T` of `linears` quantized with input scales `s`.
+/// Rows per task of [`group_error`]'s rounding: RTN's parameters are per row (and group), so
+/// rounding a block of rows alone gives the rows' values of rounding the whole matrix.
+const ERROR_ROWS: usize = 32;
+
+/// `Σ ‖X(W − Ŵ)ᵀ‖²/T` of `linears` quantized with input scales `s`. The rounding and the
+/// difference `W − Q(W·diag s)·diag(s)⁻¹` run per block of rows in parallel (every value is
+/// the same as rounding the whole matrix at once), then `gram` takes the quadratic form.
 fn group_error(
     linears: &[(&[f32], usize)],
     k: usize,
     s: &[f32],
-    gram: &[f64],
+    gram: &dyn QuadForm,
     cfg: &AwqConfig,
 ) -> PtqResult<f64> {
     let mut total = 0.0;
     for &(w, n) in linears {
-        let ws: Vec<f32> =
-            w.chunks_exact(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect();
-        let q = quantize_for_storage(&ws, n, k, &cfg.rtn, None, cfg.scale_dtype)?;
-        let deq = dequantize(&q)?;
-        let d: Vec<f32> = w
-            .chunks_exact(k)
-            .zip(deq.chunks_exact(k))
-            .flat_map(|(wr, qr)| wr.iter().zip(qr).zip(s).map(|((a, b), c)| a - b / c))
-            .collect();
-        total += quad_form_sum(&d, &d, k, gram);
+        let mut d = vec![0.0f32; n * k];
+        let rows_k = (ERROR_ROWS * k).max(1);
+        let done = d.par_chunks_mut(rows_k).zip(w.par_chunks(rows_k)).try_for_each(
+            |(dc, wc)| -> PtqResult<()> {
+                let rows = wc.len() / k;
+                let ws: Vec<f32> = wc
+                    .chunks_exact(k)
+                    .flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b))
+                    .collect();
+                let q = quantize_for_storage(&ws, rows, k, &cfg.rtn, None, cfg.scale_dtype)?;
+                let deq = dequantize(&q)?;
+                for ((dr, wr), qr) in
+                    dc.chunks_exact_mut(k).zip(wc.chunks_exact(k)).zip(deq.chunks_exact(k))
+                {
+                    for (((o, a), b), c) in dr.iter_mut().zip(wr).zip(qr).zip(s) {
+                        *o = a - b / c;
+                    }
+                }
+                Ok(())
+            },
+        );
+        if done.is_err() {
+            // Rounding the whole matrix names the first bad value by its row in the matrix.
+            let ws: Vec<f32> =
+                w.chunks_exact(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect();
+            quantize_for_storage(&ws, n, k, &cfg.rtn, None, cfg.scale_dtype)?;
+            done?;
+        }
+        total += gram.sum(&d, n)?;
     }
     Ok(total)
 }
@@ -91,6 +116,19 @@ pub fn search_scales(
     check_len("gram", k * k, gram.len())?;
     check_len("activation mean", k, x_absmean.len())?;
     check_finite("gram", gram)?;
+    search_scales_with(linears, &GramQuadForm::new(gram, k)?, x_absmean, cfg)
+}
+
+/// [`search_scales`] with the quadratic forms evaluated by `gram` (e.g. on a GPU): the
+/// expensive part of the search, `2·N·K²` per linear and α.
+pub fn search_scales_with(
+    linears: &[(&[f32], usize)],
+    gram: &dyn QuadForm,
+    x_absmean: &[f32],
+    cfg: &AwqConfig,
+) -> PtqResult<ScaleSearch> {
+    let k = gram.k();
+    check_len("activation mean", k, x_absmean.len())?;
     check_finite("activation mean", x_absmean)?;
     if cfg.n_grid == 0 || linears.is_empty() {
         return Err(PtqError::Config("AWQ needs at least one linear and one grid step".into()));

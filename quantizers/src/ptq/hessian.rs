@@ -32,6 +32,29 @@ impl Hessian {
         Hessian { k, upper: vec![0.0; k * k], abs_sum: vec![0.0; k], tokens: 0 }
     }
 
+    /// Statistics accumulated elsewhere (the GPU pipeline's device sums): `upper` is `Σ xxᵀ`
+    /// row-major `K×K` of which only `j ≥ i` is read (the rest is zeroed, as [`Hessian::add`]
+    /// leaves it), `abs_sum` is `Σ |x|` per channel, over `tokens` tokens. Refuses wrong lengths
+    /// and non-finite sums (a NaN activation on the device shows up here).
+    pub fn from_parts(
+        k: usize,
+        mut upper: Vec<f64>,
+        abs_sum: Vec<f64>,
+        tokens: u64,
+    ) -> PtqResult<Self> {
+        if k == 0 {
+            return Err(PtqError::Config("statistics of zero input features".into()));
+        }
+        check_len("Σ xxᵀ", k * k, upper.len())?;
+        check_len("Σ |x|", k, abs_sum.len())?;
+        for i in 0..k {
+            upper[i * k..i * k + i].fill(0.0);
+        }
+        check_finite("Σ xxᵀ", &upper)?;
+        check_finite("Σ |x|", &abs_sum)?;
+        Ok(Hessian { k, upper, abs_sum, tokens })
+    }
+
     /// Input features.
     pub fn k(&self) -> usize {
         self.k
@@ -131,10 +154,48 @@ impl Hessian {
     }
 }
 
+/// `Σ_r d_r·G·d_rᵀ` over the rows of `d` (`[rows, K]`) for one fixed `G`: the quadratic form
+/// AWQ's scale search evaluates 20 times per group. A trait so that the pipeline can keep `G`
+/// on a GPU ([`GramQuadForm`] is the CPU's).
+pub trait QuadForm {
+    fn k(&self) -> usize;
+    fn sum(&self, d: &[f32], rows: usize) -> PtqResult<f64>;
+}
+
+/// [`QuadForm`] on the CPU: `G` rounded to f32 once, products by the f32 GEMM, row sums in f64
+/// (exactly what [`output_error`] computes).
+#[derive(Debug, Clone)]
+pub struct GramQuadForm {
+    k: usize,
+    g32: Vec<f32>,
+}
+
+impl GramQuadForm {
+    pub fn new(gram: &[f64], k: usize) -> PtqResult<Self> {
+        check_len("gram", k * k, gram.len())?;
+        Ok(GramQuadForm { k, g32: gram.iter().map(|&v| v as f32).collect() })
+    }
+}
+
+impl QuadForm for GramQuadForm {
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn sum(&self, d: &[f32], rows: usize) -> PtqResult<f64> {
+        check_len("quadratic form rows", rows * self.k, d.len())?;
+        Ok(quad_form_sum_f32(d, d, self.k, &self.g32))
+    }
+}
+
 /// `Σₙ aₙᵀ·G·bₙ` over the rows of `a`, `b` (`[N, K]`), with `G` (`K×K`) symmetric; the
 /// row-wise products run in parallel and are summed in row order.
 pub(crate) fn quad_form_sum(a: &[f32], b: &[f32], k: usize, g: &[f64]) -> f64 {
     let g32: Vec<f32> = g.iter().map(|&v| v as f32).collect();
+    quad_form_sum_f32(a, b, k, &g32)
+}
+
+fn quad_form_sum_f32(a: &[f32], b: &[f32], k: usize, g32: &[f32]) -> f64 {
     const ROWS: usize = 64;
     let parts: Vec<f64> = a
         .par_chunks(ROWS * k)
@@ -147,7 +208,7 @@ pub(crate) fn quad_form_sum(a: &[f32], b: &[f32], k: usize, g: &[f64]) -> f64 {
                 1.0,
                 ac,
                 View::new(rows, k, k, 0),
-                &g32,
+                g32,
                 View::new(k, k, k, 0),
                 0.0,
                 &mut t,
@@ -258,5 +319,42 @@ mod tests {
             }
         }
         assert!((got - e / sig).abs() < 1e-5 * (e / sig), "{got} vs {}", e / sig);
+    }
+    #[test]
+    fn from_parts_rebuilds_an_accumulated_hessian() {
+        let (k, t) = (9, 50);
+        let mut s = 17;
+        let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        let mut h = Hessian::new(k);
+        h.add(&x).unwrap();
+        // The lower triangle of the parts is ignored (a device buffer may hold anything there).
+        let mut upper = h.upper.clone();
+        upper[k] = 123.0;
+        let r = Hessian::from_parts(k, upper, h.abs_sum.clone(), h.tokens()).unwrap();
+        assert_eq!(r.gram().unwrap(), h.gram().unwrap());
+        assert_eq!(r.abs_mean().unwrap(), h.abs_mean().unwrap());
+        assert!(matches!(
+            Hessian::from_parts(k, vec![0.0; k * k - 1], vec![0.0; k], 1),
+            Err(PtqError::Length { .. })
+        ));
+        let mut bad = h.upper.clone();
+        bad[k + 2] = f64::NAN;
+        assert!(matches!(
+            Hessian::from_parts(k, bad, h.abs_sum.clone(), 1),
+            Err(PtqError::NonFinite { .. })
+        ));
+        assert!(Hessian::from_parts(0, vec![], vec![], 1).is_err());
+    }
+
+    #[test]
+    fn gram_quad_form_is_the_quad_form_sum() {
+        let (n, k) = (70, 13);
+        let mut s = 23;
+        let g: Vec<f64> = (0..k * k).map(|_| f64::from(lcg(&mut s))).collect();
+        let d: Vec<f32> = (0..n * k).map(|_| lcg(&mut s)).collect();
+        let q = GramQuadForm::new(&g, k).unwrap();
+        assert_eq!(q.sum(&d, n).unwrap().to_bits(), quad_form_sum(&d, &d, k, &g).to_bits());
+        assert!(q.sum(&d[1..], n).is_err());
+        assert!(GramQuadForm::new(&g[1..], k).is_err());
     }
 }

@@ -24,10 +24,10 @@ pub mod gptq;
 pub mod hessian;
 pub mod linalg;
 
-pub use awq::{clip_search, search_scales, AwqConfig, ClipResult, ScaleSearch};
+pub use awq::{clip_search, search_scales, search_scales_with, AwqConfig, ClipResult, ScaleSearch};
 pub use error::{PtqError, PtqResult};
 pub use gptq::{GptqConfig, GptqOutput, Prepared};
-pub use hessian::{output_error, Hessian};
+pub use hessian::{output_error, GramQuadForm, Hessian, QuadForm};
 
 #[cfg(test)]
 mod tests;
