@@ -89,7 +89,7 @@ fn softmax_scaled(x: &mut [f32], scale: f32) {
 /// `q` is `[t, n_heads · hd]`, `k` and `v` are `[t, n_kv · hd]`; query head `h` reads KV head
 /// `h / (n_heads / n_kv)`. Each head is one task: scores `q_h k_hᵀ / sqrt(hd)` by GEMM on the
 /// heads in place (strided), row `i` masked beyond column `i`, softmax, then `P v_h` by GEMM,
-/// in blocks of [`ATTN_ROWS`] query rows that only read the keys they can see.
+/// in blocks of `ATTN_ROWS` (64) query rows that only read the keys they can see.
 /// Returns `[t, n_heads · hd]`.
 pub fn causal_attention(
     q: &Matrix,

@@ -18,14 +18,12 @@
 //! changes more than the quantized linears, for the quantized pass. Device memory adds the
 //! calibration grams of all four sites (≈ 1.4 GB for a 7B shape).
 
-use qtool_kernels::llama::CudaSlice;
-
 use std::cell::RefCell;
 
 use qtool_kernels::gptq::{
     gptq_quantize, output_errors, quad_form, GptqGpu, GpuAbsSum, GpuFactor, GpuHessian,
 };
-use qtool_kernels::llama::LlamaGpu;
+use qtool_kernels::llama::{CudaSlice, LlamaGpu};
 use qtool_kernels::{Gpu, KernelError};
 use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
@@ -153,9 +151,10 @@ impl<'g> GpuPipeline<'g> {
         ))
     }
 
-    /// Block `block` of the pipeline: capture pass over a copy of the streams, GPTQ of every
-    /// target, then the quantized pass that moves the streams on. Targets' host weights are
-    /// replaced by their quantized-dequantized values, like the CPU path.
+    /// One block of the pipeline: capture pass over a copy of the streams, GPTQ (or AWQ, see
+    /// [`Self::run_block_awq`]) of every target, then the quantized pass that moves the streams
+    /// on. Targets' host weights are replaced by their quantized-dequantized values, like the
+    /// CPU path.
     #[allow(clippy::too_many_arguments)]
     pub fn run_block(
         &mut self,
