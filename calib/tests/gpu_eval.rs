@@ -4,20 +4,10 @@
 
 use qtool_calib::engine::Model;
 use qtool_calib::eval::{perplexity, perplexity_gpu, PplOptions};
-use qtool_kernels::{Gpu, KernelError};
+use qtool_kernels::Gpu;
 
 fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e @ KernelError::NoGpu(_)) => {
-            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
-            }
-            println!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
+    Gpu::for_tests()
 }
 
 fn tiny() -> Model {

@@ -183,21 +183,8 @@ fn results_do_not_depend_on_the_thread_count() {
 /// GPTQ's rounding ties, so codes are compared by share, errors by a relative bound.
 #[test]
 fn gptq_on_the_gpu_matches_the_cpu_pipeline() {
-    if !gpu_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let model = fixture_with_tokenizer(tmp.path());
-    let calib = calib_file(tmp.path());
-    let go = |name: &str, device| {
-        let out = tmp.path().join(name);
-        run_on(&model, &calib, &out, Method::Gptq, Layout::Gptq, false, None, device).unwrap()
-    };
-    let cpu = go("cpu", Device::Cpu);
-    let gpu = go("gpu", Device::Cuda);
-    assert_eq!((cpu.log.device.as_str(), gpu.log.device.as_str()), ("cpu", "cuda"));
+    let Some((cpu, gpu)) = on_cpu_and_gpu(Method::Gptq, Layout::Gptq) else { return };
     assert_eq!(gpu.log.block_seconds.len(), cpu.log.block_seconds.len());
-    assert_eq!(cpu.log.layers.len(), gpu.log.layers.len());
     for (c, g) in cpu.log.layers.iter().zip(&gpu.log.layers) {
         assert_eq!(c.name, g.name);
         let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
@@ -211,12 +198,32 @@ fn gptq_on_the_gpu_matches_the_cpu_pipeline() {
         assert!(rel(c.error, g.error) < 5e-2, "{}: gptq {} vs {}", c.name, c.error, g.error);
         assert_eq!(c.damp, g.damp, "{}", c.name);
     }
-    assert_eq!(cpu.files.len(), gpu.files.len());
     let differ = cpu.files.iter().zip(&gpu.files).filter(|(a, b)| a != b).count();
     assert!(differ * 100 <= cpu.files.len(), "{differ} of {} bytes differ", cpu.files.len());
-    // Same device, same bytes.
+}
+
+/// The same calibrated quantization of the tiny fixture on the CPU and on the GPU (`None`, the
+/// test skipping, without a GPU). Checks what holds for every method: the logged devices, the
+/// same layers and checkpoint size, and that a second GPU run writes the same bytes.
+fn on_cpu_and_gpu(method: Method, layout: Layout) -> Option<(Run, Run)> {
+    if !gpu_or_skip() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_with_tokenizer(tmp.path());
+    let calib = calib_file(tmp.path());
+    let go = |name: &str, device| {
+        let out = tmp.path().join(name);
+        run_on(&model, &calib, &out, method, layout, false, None, device).unwrap()
+    };
+    let cpu = go("cpu", Device::Cpu);
+    let gpu = go("gpu", Device::Cuda);
+    assert_eq!((cpu.log.device.as_str(), gpu.log.device.as_str()), ("cpu", "cuda"));
+    assert_eq!(cpu.log.layers.len(), gpu.log.layers.len());
+    assert_eq!(cpu.files.len(), gpu.files.len());
     let again = go("gpu-again", Device::Cuda);
-    assert!(again.files == gpu.files, "GPU pipeline is not deterministic");
+    assert!(again.files == gpu.files, "the GPU {method:?} pipeline is not deterministic");
+    Some((cpu, gpu))
 }
 
 #[test]
@@ -241,16 +248,7 @@ fn device_cuda_without_a_gpu_is_an_error_and_cpu_is_logged() {
 /// Whether a usable GPU is present; without one the GPU tests skip (or fail under
 /// `QTOOL_REQUIRE_GPU=1`, as on the device).
 fn gpu_or_skip() -> bool {
-    match qtool_kernels::Gpu::open(0) {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
-            }
-            println!("skipped: {e}");
-            false
-        }
-    }
+    qtool_kernels::Gpu::for_tests().is_some()
 }
 
 /// AWQ with the GPU pipeline (device forward passes, `Σxxᵀ` and `Σ|x|` on the device, the
@@ -263,20 +261,7 @@ fn gpu_or_skip() -> bool {
 /// errors within a few percent, as GPTQ's bound).
 #[test]
 fn awq_on_the_gpu_matches_the_cpu_pipeline() {
-    if !gpu_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let model = fixture_with_tokenizer(tmp.path());
-    let calib = calib_file(tmp.path());
-    let go = |name: &str, device| {
-        let out = tmp.path().join(name);
-        run_on(&model, &calib, &out, Method::Awq, Layout::Awq, false, None, device).unwrap()
-    };
-    let cpu = go("cpu", Device::Cpu);
-    let gpu = go("gpu", Device::Cuda);
-    assert_eq!((cpu.log.device.as_str(), gpu.log.device.as_str()), ("cpu", "cuda"));
-    assert_eq!(cpu.log.layers.len(), gpu.log.layers.len());
+    let Some((cpu, gpu)) = on_cpu_and_gpu(Method::Awq, Layout::Awq) else { return };
     let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-12);
     let mut alpha_differs = 0;
     for (c, g) in cpu.log.layers.iter().zip(&gpu.log.layers) {
@@ -306,13 +291,9 @@ fn awq_on_the_gpu_matches_the_cpu_pipeline() {
     );
     // At most one group (q/k/v: three layers) may land on another α in a near-tie.
     assert!(alpha_differs <= 3, "{alpha_differs} layers chose another alpha");
-    assert_eq!(cpu.files.len(), gpu.files.len());
     assert!(differ * 50 <= cpu.files.len(), "{differ} of {} bytes differ", cpu.files.len());
     let s = &gpu.log.summary;
     assert!(s.mean_error < s.mean_rtn_error, "{s:?}");
-    // Same device, same bytes.
-    let again = go("gpu-again", Device::Cuda);
-    assert!(again.files == gpu.files, "GPU AWQ pipeline is not deterministic");
 }
 
 fn lcg(seed: &mut u64) -> f32 {

@@ -12,22 +12,11 @@
 
 use half::{bf16, f16};
 use qtool_kernels::fp8::Fp8Out;
+use qtool_kernels::seeded::words as noise;
 use qtool_kernels::{
     timing::tflops, Fp8Kind, Fp8Options, Fp8Path, Fp8Scale, GemmRun, GgmlType, Gpu, Int4Weights,
     KResult, NibbleOrder, ScaleLayout,
 };
-
-fn noise(seed: u64, len: usize) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
-        })
-        .collect()
-}
 
 fn bf16s(seed: u64, len: usize) -> Vec<bf16> {
     noise(seed, len).into_iter().map(|v| bf16::from_f32(v as f32 / u32::MAX as f32 - 0.5)).collect()

@@ -10,24 +10,13 @@
 use std::time::Instant;
 
 use qtool_kernels::gptq::{gptq_quantize, GptqGpu, GpuFactor, GpuHessian};
+use qtool_kernels::seeded::values;
 use qtool_kernels::{Gpu, KResult};
 use qtool_quantizers::int::rtn::{Bits, Convention, GroupSize, RtnConfig, ScaleDtype};
 use qtool_quantizers::ptq::GptqConfig;
 
 const SEQ: usize = 2048;
 const SEQS: usize = 128;
-
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// `[SEQ, k]`: noise plus a rank-8 common part, channel scales over 10×.
 fn batch(k: usize) -> Vec<f32> {

@@ -173,12 +173,18 @@ impl GpuHessian {
 
     /// `H = 2·XᵀX/T`, full symmetric `K×K` f64 on the device.
     pub fn hessian(&self, g: &GptqGpu<'_>) -> KResult<CudaSlice<f64>> {
+        self.scaled(g, 2.0, "Hessian")
+    }
+
+    /// `factor/T · Σxxᵀ` mirrored into a full symmetric `K×K` f64 matrix on the device (each
+    /// sum times `factor/T`, as the CPU's `Hessian` scales).
+    fn scaled(&self, g: &GptqGpu<'_>, factor: f64, what: &str) -> KResult<CudaSlice<f64>> {
         if self.tokens == 0 {
-            return Err(KernelError::Shape("Hessian of zero tokens".into()));
+            return Err(KernelError::Shape(format!("{what} of zero tokens")));
         }
         let k = self.k;
         let mut out = g.gpu.zeros::<f64>(k * k)?;
-        let scale = 2.0 / self.tokens as f64;
+        let scale = factor / self.tokens as f64;
         let ki = dim(k, "K")?;
         let f = g.gpu.function(&SRC, "hess_finish")?;
         let mut b = g.gpu.stream().launch_builder(&f);
@@ -789,24 +795,7 @@ impl GpuHessian {
     /// `XᵀX/T`, full symmetric `K×K` f64 on the device (the scale the CPU's `Hessian::gram`
     /// uses, computed the same way: each sum times `1/T`).
     pub fn gram(&self, g: &GptqGpu<'_>) -> KResult<CudaSlice<f64>> {
-        if self.tokens == 0 {
-            return Err(KernelError::Shape("gram of zero tokens".into()));
-        }
-        let k = self.k;
-        let mut out = g.gpu.zeros::<f64>(k * k)?;
-        let scale = 1.0 / self.tokens as f64;
-        let ki = dim(k, "K")?;
-        let f = g.gpu.function(&SRC, "hess_finish")?;
-        let mut b = g.gpu.stream().launch_builder(&f);
-        b.arg(&self.acc).arg(&scale).arg(&mut out).arg(&ki);
-        launch(
-            g.gpu,
-            &f,
-            "hess_finish",
-            b,
-            config(GptqGpu::ew_grid(k * k)?, (EW_THREADS, 1, 1), 0),
-        )?;
-        Ok(out)
+        self.scaled(g, 1.0, "gram")
     }
 }
 

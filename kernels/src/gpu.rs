@@ -57,6 +57,23 @@ impl Gpu {
         })
     }
 
+    /// GPU 0 for a test suite that needs one: `None` after printing `skipped: <reason>` when
+    /// there is no usable GPU, except under `QTOOL_REQUIRE_GPU=1`, where that panics — so a run
+    /// on a GPU machine cannot pass by skipping. Any other failure to open it panics.
+    pub fn for_tests() -> Option<Gpu> {
+        match Gpu::open(0) {
+            Ok(g) => Some(g),
+            Err(e @ KernelError::NoGpu(_)) => {
+                if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                    panic!("QTOOL_REQUIRE_GPU=1 but {e}");
+                }
+                println!("skipped: {e}");
+                None
+            }
+            Err(e) => panic!("opening the GPU failed: {e}"),
+        }
+    }
+
     /// The device's name, compute capability and memory as the probe found them.
     pub fn device(&self) -> &GpuDevice {
         &self.device

@@ -18,6 +18,7 @@ pub mod marlin;
 pub mod nvrtc;
 pub mod ops;
 pub mod probe;
+pub mod seeded;
 pub mod timing;
 
 mod blas;

@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use qtool_kernels::{Gpu, KernelError};
+use qtool_kernels::seeded::values;
+use qtool_kernels::Gpu;
 
 use super::*;
 use crate::engine::block::BlockShape;
@@ -17,31 +18,7 @@ use crate::engine::matrix::Matrix;
 const ROW_TOL: f64 = 1e-5;
 
 fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e @ KernelError::NoGpu(_)) => {
-            if std::env::var("QTOOL_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QTOOL_REQUIRE_GPU=1 but {e}");
-            }
-            println!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
-}
-
-/// Deterministic values in [-1, 1) (xorshift64*).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-            v as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    Gpu::for_tests()
 }
 
 #[derive(Clone, Copy)]

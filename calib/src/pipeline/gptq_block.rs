@@ -10,6 +10,23 @@ use qtool_quantizers::ptq::{output_error, GptqConfig};
 use super::{LayerLog, Options, PipelineError, SiteStats, Store, Target};
 use crate::engine::{Block, Site};
 
+/// GPTQ's settings for target `t` (the CPU and GPU paths share them): the layout's RTN
+/// convention and scale dtype, `--damp`, `--act-order`, and static groups (so every layout and
+/// kernel can run the result with the plain `g_idx = k / G`).
+pub(super) fn config(
+    t: &Target,
+    plan: &QuantizePlan,
+    settings: &IntSettings,
+    opts: &Options,
+) -> GptqConfig {
+    let (rtn, sd) = int_layer::rtn_config(plan.layout, settings, t.layer.dtype);
+    let mut c = GptqConfig::new(rtn, sd);
+    c.damp = opts.damp;
+    c.act_order = opts.act_order;
+    c.static_groups = true;
+    c
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize(
     block: &mut Block,
@@ -33,14 +50,7 @@ pub(super) fn quantize(
         let st = stats.get(site, bi)?;
         let h = st.hessian().map_err(layer_err(&first.name))?;
         let held_gram = held.get(site, bi)?.gram().map_err(layer_err(&first.name))?;
-        let cfg_of = |t: &Target| {
-            let (rtn, sd) = int_layer::rtn_config(plan.layout, settings, t.layer.dtype);
-            let mut c = GptqConfig::new(rtn, sd);
-            c.damp = opts.damp;
-            c.act_order = opts.act_order;
-            c.static_groups = true;
-            c
-        };
+        let cfg_of = |t: &Target| config(t, plan, settings, opts);
         let prep = Prepared::new(&h, st.k(), &cfg_of(first)).map_err(layer_err(&first.name))?;
         drop(h);
         for t in at {

@@ -25,10 +25,10 @@ use qtool_kernels::gptq::{
 };
 use qtool_kernels::llama::{CudaSlice, LlamaGpu};
 use qtool_kernels::{Gpu, KernelError};
-use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
+use qtool_quantizers::export::{IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
 use qtool_quantizers::ptq::{
-    search_scales_with, AwqConfig, GptqConfig, Hessian, PtqError, PtqResult, QuadForm, ScaleSearch,
+    search_scales_with, AwqConfig, Hessian, PtqError, PtqResult, QuadForm, ScaleSearch,
 };
 
 use super::awq_block::{self, layer_err, AwqStats};
@@ -178,14 +178,7 @@ impl<'g> GpuPipeline<'g> {
             for site in Site::ALL {
                 let at: Vec<&Target> = targets.iter().filter(|t| t.site == site).collect();
                 let Some(first) = at.first() else { continue };
-                let cfg_of = |t: &Target| {
-                    let (rtn, sd) = int_layer::rtn_config(plan.layout, settings, t.layer.dtype);
-                    let mut c = GptqConfig::new(rtn, sd);
-                    c.damp = opts.damp;
-                    c.act_order = opts.act_order;
-                    c.static_groups = true;
-                    c
-                };
+                let cfg_of = |t: &Target| super::gptq_block::config(t, plan, settings, opts);
                 let k = super::linear_mut(block, first.slot).weight.cols;
                 let factor = {
                     let h = stats.get(site, bi)?.hessian(&self.gg).map_err(gpu_err(&first.name))?;
