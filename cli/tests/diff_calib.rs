@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{run, stderr, stdout, tiny_with_tokenizer};
+use common::{quantize_calibrated, run, stderr, stdout, tiny_with_tokenizer};
 use serde_json::Value;
 
 struct Runs {
@@ -29,30 +29,11 @@ fn runs() -> &'static Runs {
                     jugs. fn main() { let x = [1, 2, 3]; println!(\"{x:?}\"); }\n";
         std::fs::write(&calib, text.repeat(60)).unwrap();
         let quantize = |method: &str| {
-            let out = dir.path().join(format!("out-{method}"));
-            let o = run(&[
-                "quantize",
-                tiny.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-                "--fmt",
-                "w4a16",
-                "--method",
-                method,
-                "--group-size",
-                "32",
-                "--calib",
-                calib.to_str().unwrap(),
-                "--calib-samples",
-                "16",
-                "--calib-seqlen",
-                "64",
-                "-q",
-            ]);
+            let (o, log) =
+                quantize_calibrated(dir.path(), &tiny, &calib, method, &["--method", method]);
             assert_eq!(o.status.code(), Some(0), "quantize {method}: {}", stderr(&o));
-            let log = dir.path().join(format!("out-{method}.calib.json"));
             assert!(log.is_file(), "no log at {}", log.display());
-            (out, log)
+            (dir.path().join(format!("out-{method}")), log)
         };
         let (gptq_out, gptq_log) = quantize("gptq");
         let (_, awq_log) = quantize("awq");

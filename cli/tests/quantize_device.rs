@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{run, stderr, tiny_with_tokenizer};
+use common::{quantize_calibrated, run, stderr, tiny_with_tokenizer};
 use serde_json::Value;
 
 /// `qtool quantize` of the tiny model with `extra` flags; returns the process and the log path.
@@ -15,27 +15,7 @@ fn quantize(dir: &Path, tiny: &Path, tag: &str, extra: &[&str]) -> (Output, Path
     let calib = dir.join("calib.txt");
     let text = "Sphinx of black quartz, judge my vow; pack my box with five dozen liquor jugs.\n";
     std::fs::write(&calib, text.repeat(60)).unwrap();
-    let out = dir.join(format!("out-{tag}"));
-    let mut args = vec![
-        "quantize",
-        tiny.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--fmt",
-        "w4a16",
-        "--group-size",
-        "32",
-        "--calib",
-        calib.to_str().unwrap(),
-        "--calib-samples",
-        "16",
-        "--calib-seqlen",
-        "64",
-        "-q",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
-    (o, dir.join(format!("out-{tag}.calib.json")))
+    quantize_calibrated(dir, tiny, &calib, tag, extra)
 }
 
 fn gpu_present() -> bool {

@@ -234,3 +234,35 @@ pub fn tiny_with_tokenizer(dir: &Path) -> PathBuf {
     std::fs::write(d.join("tokenizer.json"), tok.to_string()).unwrap();
     d
 }
+
+/// `qtool quantize TINY -o DIR/out-TAG --fmt w4a16 --group-size 32` calibrated on the text file
+/// `calib` (16 windows × 64 tokens, quiet) plus `extra` flags; returns the process and the path
+/// of the per-layer log it writes.
+pub fn quantize_calibrated(
+    dir: &Path,
+    tiny: &Path,
+    calib: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> (Output, PathBuf) {
+    let out = dir.join(format!("out-{tag}"));
+    let mut args = vec![
+        "quantize",
+        s(tiny),
+        "-o",
+        s(&out),
+        "--fmt",
+        "w4a16",
+        "--group-size",
+        "32",
+        "--calib",
+        s(calib),
+        "--calib-samples",
+        "16",
+        "--calib-seqlen",
+        "64",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    (run(&args), dir.join(format!("out-{tag}.calib.json")))
+}
