@@ -96,11 +96,10 @@ fn device_gpu_and_cpu_runs_agree() {
 fn device_flag_is_refused_where_it_does_not_apply() {
     let dir = tempfile::tempdir().unwrap();
     let tiny = tiny_with_tokenizer(dir.path());
-    for (tag, extra, says) in [("bad", &["--method", "gptq", "--device", "gpu"][..], "gpu")] {
-        let (o, _) = quantize(dir.path(), &tiny, tag, extra);
-        assert_eq!(o.status.code(), Some(2), "{tag}: {}", stderr(&o));
-        assert!(stderr(&o).contains(says), "{tag}: {}", stderr(&o));
-    }
+    // An unknown device name.
+    let (o, _) = quantize(dir.path(), &tiny, "bad", &["--method", "gptq", "--device", "gpu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("gpu"), "{}", stderr(&o));
     // Round-to-nearest has no solve to place.
     let out = dir.path().join("out-rtn");
     let o = run(&[
