@@ -7,6 +7,7 @@ These tests compare qtool with independent implementations from the package regi
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -31,6 +32,23 @@ def _find_binary(name: str, examples: bool = False) -> Path:
     raise RuntimeError(
         f"{name} is not built: run `cargo build --release --workspace --examples` first"
     )
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """Makes scratch directories shared by one module's tests and removes them when the module
+    is done: the model-sized files these tests write (SmolLM2 GGUFs, HF directories) add up to
+    gigabytes over a run, more than a CI machine's disk may have free. Function-scoped
+    `tmp_path`s go by pytest.ini's retention policy instead."""
+    made = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

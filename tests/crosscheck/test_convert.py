@@ -67,9 +67,9 @@ def _field_values(reader, key):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory, smollm2_gguf, example_bin):
+def converted(module_tmp, smollm2_gguf, example_bin):
     """The original as an HF directory and back as an F16 GGUF, made by qtool."""
-    d = tmp_path_factory.mktemp("convert")
+    d = module_tmp("convert")
     hf = d / "hf"
     _run(example_bin, smollm2_gguf, hf)
     out = d / "roundtrip-f16.gguf"
@@ -259,15 +259,17 @@ def test_hf_tokenizers_reads_the_written_tokenizer_like_llama_cpp(converted, smo
         ("q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
     ],
 )
-def test_other_types_equal_llama_cpp(converted, smollm2_gguf, example_bin, fmt, ftype_name):
+def test_other_types_equal_llama_cpp(
+    converted, smollm2_gguf, example_bin, fmt, ftype_name, tmp_path
+):
     llama_cpp = _llama_cpp()
-    out = converted["dir"] / f"roundtrip-{fmt}.gguf"
+    out = tmp_path / f"roundtrip-{fmt}.gguf"
     _run(example_bin, converted["hf"], out, "--fmt", fmt)
-    ref = converted["dir"] / f"reference-{fmt}.gguf"
+    ref = tmp_path / f"reference-{fmt}.gguf"
     if fmt in ("q8_0", "q4_k_m"):
         # A quantized conversion is the usual two-step pipeline's file: llama.cpp's own F16 of
         # the original, then llama.cpp's quantize of that F16 file.
-        f16 = converted["dir"] / f"reference-f16-for-{fmt}.gguf"
+        f16 = tmp_path / f"reference-f16-for-{fmt}.gguf"
         _quantize_with_llama_cpp(llama_cpp, smollm2_gguf, f16, llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
         _quantize_with_llama_cpp(llama_cpp, f16, ref, getattr(llama_cpp, ftype_name))
     else:

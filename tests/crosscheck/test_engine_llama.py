@@ -94,10 +94,10 @@ def _engine_tokens(engine_bin, model: Path, text_file: Path):
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory, smollm2_gguf, run_qtool):
+def smol(module_tmp, smollm2_gguf, run_qtool):
     """llama.cpp's own F16 GGUF of SmolLM2 and qtool's f16 Hugging Face directory of it."""
     llama_cpp = _llama_cpp()
-    d = tmp_path_factory.mktemp("engine")
+    d = module_tmp("engine")
     f16 = d / "smollm2-f16.gguf"
     _quantize_with_llama_cpp(llama_cpp, smollm2_gguf, f16, llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
     hf = d / "hf"

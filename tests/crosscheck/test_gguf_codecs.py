@@ -57,9 +57,9 @@ def block_info(name: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def codec(example_bin, tmp_path_factory):
+def codec(example_bin, module_tmp):
     exe = example_bin("gguf_codec")
-    work = tmp_path_factory.mktemp("gguf_codec")
+    work = module_tmp("gguf_codec")
 
     def quantize(ty: str, x: np.ndarray) -> bytes:
         src, dst = work / "in.f32", work / "out.bin"

@@ -132,8 +132,8 @@ def log_plan(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_f16(smollm2_gguf, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smollm2") / "smollm2-f16.gguf"
+def smollm2_f16(smollm2_gguf, module_tmp) -> Path:
+    out = module_tmp("smollm2") / "smollm2-f16.gguf"
     proc = llama_quantize(smollm2_gguf, out, "F16", allow_requantize=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
@@ -278,8 +278,8 @@ def write_llama(path: Path, *, n_layer: int, n_embd: int, n_ff: int, n_head: int
 
 
 @pytest.fixture(scope="module")
-def llama32(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("llama32")
+def llama32(module_tmp) -> Path:
+    d = module_tmp("llama32")
     return write_llama(d / "llama32-f32.gguf", n_layer=32, n_embd=256, n_ff=512, n_head=4, n_head_kv=1,
                        n_vocab=512, tied=False)
 
@@ -341,8 +341,8 @@ def test_70b_class_plan_matches_llama_cpp(ftype, tmp_path_factory, qtool_quantiz
 
 
 @pytest.fixture(scope="module")
-def odd_model(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("odd")
+def odd_model(module_tmp) -> Path:
+    d = module_tmp("odd")
     return write_llama(d / "odd.gguf", n_layer=2, n_embd=256, n_ff=256, n_head=4, n_head_kv=4,
                        n_vocab=64, tied=True, extra={"blk.0.odd_proj.weight": (16, 48),
                                                      "blk.1.odd_proj.weight": (16, 96)})

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason=SKIP_REASON)
 
 
 @pytest.fixture(scope="module")
-def llama16(tmp_path_factory) -> Path:
+def llama16(module_tmp) -> Path:
     """Untied 16-layer F16 llama with ne[0] = 256, so K-quant overrides apply without fallback."""
-    d = tmp_path_factory.mktemp("llama16")
+    d = module_tmp("llama16")
     return write_llama(d / "llama16-f16.gguf", n_layer=16, n_embd=256, n_ff=512, n_head=4,
                        n_head_kv=2, n_vocab=320, tied=False, dtype="F16", seed=11)
 

@@ -69,8 +69,8 @@ def _perplexity(logits: np.ndarray, tokens: list[int]) -> float:
 
 
 @pytest.fixture(scope="module")
-def models(smollm2_gguf, run_qtool, tmp_path_factory):
-    d = tmp_path_factory.mktemp("logits")
+def models(smollm2_gguf, run_qtool, module_tmp):
+    d = module_tmp("logits")
     f16, ours, ref = d / "f16.gguf", d / "qtool-q4_k_m.gguf", d / "llama-q4_k_m.gguf"
     proc = llama_quantize(smollm2_gguf, f16, "F16", allow_requantize=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

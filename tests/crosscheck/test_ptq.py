@@ -59,8 +59,8 @@ def _byte_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+def tiny(module_tmp):
+    d = module_tmp("tiny") / "tiny-llama"
     shutil.copytree(FIXTURES / "tiny-llama", d)
     (d / "tokenizer.json").write_text(json.dumps(_byte_tokenizer()))
     calib = d.parent / "calib.txt"
@@ -69,8 +69,8 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smollm2_hf(tmp_path_factory, smollm2_gguf, run_qtool):
-    d = tmp_path_factory.mktemp("smol") / "hf"
+def smollm2_hf(module_tmp, smollm2_gguf, run_qtool):
+    d = module_tmp("smol") / "hf"
     run_qtool("convert", smollm2_gguf, "-o", d, "--dtype", "f16", "-q")
     return d
 

@@ -106,10 +106,10 @@ def _make_tensors(rng: np.random.Generator) -> dict:
 
 
 @pytest.fixture(scope="module")
-def st_file(tmp_path_factory):
+def st_file(module_tmp):
     rng = np.random.default_rng(20261121)
     tensors = _make_tensors(rng)
-    path = tmp_path_factory.mktemp("stats") / "mixed.safetensors"
+    path = module_tmp("stats") / "mixed.safetensors"
     # The safetensors package names dtypes as numpy/ml_dtypes do ("float8_e4m3fn") and reads
     # the raw buffers, which `tensors` keeps alive across the call.
     specs = {
