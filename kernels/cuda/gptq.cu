@@ -1,4 +1,5 @@
-// GPTQ on the GPU (kernels/src/gptq.rs drives these; cuBLAS does the GEMM-shaped work).
+// GPTQ and AWQ on the GPU (kernels/src/gptq.rs and awq.rs drive these; cuBLAS does the
+// GEMM-shaped work).
 //
 // Matrix conventions: the Hessian accumulator and the Cholesky work matrix are column-major
 // (cuBLAS's view); since every matrix factored here is symmetric, the row-major host Hessian
@@ -139,8 +140,8 @@ extern "C" __global__ void permute_cols(const float* __restrict__ w, const int* 
 }
 
 // (scale, zero) of one group from its [lo, hi], as quantizers/src/int/rtn.rs `group_params`
-// (conv 0: GPTQ, 1: AWQ; compressed-tensors' parameters come from the host), the scale then
-// rounded to the stored dtype
+// (conv 0: GPTQ, 1: AWQ, 2: compressed-tensors; GPTQ on the GPU takes compressed-tensors'
+// parameters from the host), the scale then rounded to the stored dtype
 // (sdt 0: f32, 1: f16, 2: bf16) with the zero kept, as `quantize_for_storage` does.
 __device__ __forceinline__ void group_params(float lo, float hi, int conv, int sym, float maxq,
                                              float mid, int sdt, float* s_out, u8* z_out) {
@@ -158,9 +159,27 @@ __device__ __forceinline__ void group_params(float lo, float hi, int conv, int s
         scale = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
         zero = sym ? mid : rintf(__fdiv_rn(-xmin, scale));
         zero = fminf(fmaxf(zero, 0.0f), maxq);
-    } else {
+    } else if (conv == 1) {
         scale = __fdiv_rn(fmaxf(__fsub_rn(hi, lo), 1e-5f), maxq);
         zero = fminf(fmaxf(-rintf(__fdiv_rn(lo, scale)), 0.0f), maxq);
+    } else {
+        // Signed zero point in [-mid, maxq - mid], stored + mid; a zero scale becomes FLT_EPSILON.
+        float xmin = fminf(lo, 0.0f), xmax = fmaxf(hi, 0.0f);
+        if (sym) {
+            scale = __fdiv_rn(fmaxf(fabsf(xmin), fabsf(xmax)), __fmul_rn(maxq, 0.5f));
+            if (scale == 0.0f) scale = 1.1920929e-7f;
+            zero = mid;
+        } else {
+            scale = __fdiv_rn(__fsub_rn(xmax, xmin), maxq);
+            if (scale == 0.0f) {
+                scale = 1.1920929e-7f;
+                zero = mid;
+            } else {
+                float zp = __fsub_rn(-mid, __fdiv_rn(xmin, scale));
+                zp = rintf(fminf(fmaxf(zp, -mid), __fsub_rn(maxq, mid)));
+                zero = __fadd_rn(zp, mid);
+            }
+        }
     }
     if (sdt == 1) scale = __half2float(__float2half_rn(scale));
     else if (sdt == 2) scale = __bfloat162float(__float2bfloat16_rn(scale));
@@ -291,5 +310,159 @@ extern "C" __global__ void abs_accum(const float* __restrict__ x, double* __rest
         double s = acc[c];
         for (u64 r = 0; r < t; ++r) s += (double)fabsf(x[r * (u64)k + c]);
         acc[c] = s;
+    }
+}
+
+// ---- AWQ (kernels/src/awq.rs) ----------------------------------------------------------------
+// Every value below is computed with the operations and rounding order of the host code in
+// quantizers/src/ptq/awq.rs (products and sums rounded separately, no FMA contraction), so the
+// device search and clip are bit-equal to the host's given the same quadratic-form sums.
+
+// d[r][c] = w − Q(w·s)/s for one (row, group) per warp, grid (groups, ceil(n / 8)), 256 threads:
+// `group_error`'s residual of the weight quantized with input scales s, widened to f64 for the
+// quadratic form. conv as group_params (0 GPTQ, 1 AWQ, 2 compressed-tensors). *bad is set where
+// the host would fail (a non-finite scaled weight, a stored scale of 0 or not finite).
+extern "C" __global__ void awq_scaled_residual(const float* __restrict__ w,
+                                               const float* __restrict__ s, int n, int k,
+                                               int cols, int conv, int sym, float maxq,
+                                               float mid, int sdt, double* __restrict__ d,
+                                               int* __restrict__ bad) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.y * 8 + (threadIdx.x >> 5);
+    int g = blockIdx.x;
+    if (row >= n) return;
+    int c0 = g * cols, c1 = min(c0 + cols, k);
+    const float* wr = w + (u64)row * k;
+    float lo = __int_as_float(0x7f800000), hi = __int_as_float(0xff800000);
+    int nonfinite = 0;
+    for (int c = c0 + lane; c < c1; c += 32) {
+        float v = __fmul_rn(wr[c], s[c]);
+        nonfinite |= !isfinite(v);
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
+        nonfinite |= __shfl_xor_sync(0xffffffffu, nonfinite, off);
+    }
+    float sc;
+    u8 z;
+    group_params(lo, hi, conv, sym, maxq, mid, sdt, &sc, &z);
+    if (nonfinite || sc == 0.0f || !isfinite(sc)) {
+        if (lane == 0) atomicExch(bad, 1);
+        return;
+    }
+    int ec = conv == 2;
+    for (int c = c0 + lane; c < c1; c += 32) {
+        float v = __fmul_rn(wr[c], s[c]);
+        u8 code = encode(v, sc, z, ec, maxq, mid);
+        float deq = __fmul_rn(__fsub_rn((float)code, (float)z), sc);
+        d[(u64)row * k + c] = (double)__fsub_rn(wr[c], __fdiv_rn(deq, s[c]));
+    }
+}
+
+// The diagonal gs×gs blocks of the clip search's gram diag(1/s)·G·diag(1/s) (`scale_gram`;
+// s null: G itself), stored per group transposed, bd[g][l][j] = G'[o+j][o+l] with o = g·gs, so
+// that the lanes of a warp read consecutive j. *bad is set on a non-finite entry.
+extern "C" __global__ void awq_clip_gram(const double* __restrict__ gram,
+                                         const float* __restrict__ s, int k, int gs, int groups,
+                                         double* __restrict__ bd, int* __restrict__ bad) {
+    u64 per = (u64)gs * gs, total = per * groups;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int g = (int)(i / per), l = (int)(i / gs % gs), j = (int)(i % gs);
+        int a = g * gs + j, b = g * gs + l;
+        double v = gram[(u64)a * k + b];
+        if (s) v = __ddiv_rn(v, __dmul_rn((double)s[a], (double)s[b]));
+        if (!isfinite(v)) atomicExch(bad, 1);
+        bd[i] = v;
+    }
+}
+
+// The clip search of one (row, group) per warp (`clip_search`): for each shrink step i the
+// group clamped to ±max|w|·(1 − i/clip_grid) is fake-quantized, δ = q − w in f64, and the error
+// δᵀ·G'_gg·δ is summed in the host's order (t_j = Σ_l G'[j][l]·δ_l by lane, then Σ_j δ_j·t_j by
+// lane 0). The first strictly smallest error wins. Writes the clamped group, its max, and the
+// winning and unclipped errors. Grid (groups, ceil(n / warps)), 32·warps threads, dynamic
+// shared memory 2·gs f64 per warp.
+extern "C" __global__ void awq_clip(const float* __restrict__ w, const double* __restrict__ bd,
+                                    int n, int k, int gs, int steps, int clip_grid, int conv,
+                                    int sym, float maxq, float mid, int sdt,
+                                    float* __restrict__ w_out, float* __restrict__ max_val,
+                                    double* __restrict__ err_best,
+                                    double* __restrict__ err_first, int* __restrict__ bad) {
+    extern __shared__ double smem[];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int warps = blockDim.x >> 5;
+    int row = blockIdx.y * warps + warp;
+    int g = blockIdx.x, groups = k / gs;
+    if (row >= n) return;
+    double* delta = smem + (u64)warp * 2 * gs;
+    double* t = delta + gs;
+    const float* orig = w + (u64)row * k + (u64)g * gs;
+    const double* blk = bd + (u64)g * gs * gs;
+    float org_max = 0.0f;
+    for (int c = lane; c < gs; c += 32) org_max = fmaxf(org_max, fabsf(orig[c]));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+        org_max = fmaxf(org_max, __shfl_xor_sync(0xffffffffu, org_max, off));
+    int ec = conv == 2;
+    double best = __longlong_as_double(0x7ff0000000000000LL), first = 0.0;
+    float best_mv = org_max;
+    for (int i = 0; i < steps; ++i) {
+        float mv = __fmul_rn(org_max, __fsub_rn(1.0f, __fdiv_rn((float)i, (float)clip_grid)));
+        float lo = __int_as_float(0x7f800000), hi = __int_as_float(0xff800000);
+        for (int c = lane; c < gs; c += 32) {
+            float v = fminf(fmaxf(orig[c], -mv), mv);
+            lo = fminf(lo, v);
+            hi = fmaxf(hi, v);
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
+            hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
+        }
+        float sc;
+        u8 z;
+        group_params(lo, hi, conv, sym, maxq, mid, sdt, &sc, &z);
+        if (sc == 0.0f || !isfinite(sc)) {
+            if (lane == 0) atomicExch(bad, 1);
+            return;
+        }
+        for (int c = lane; c < gs; c += 32) {
+            float x = orig[c];
+            float v = fminf(fmaxf(x, -mv), mv);
+            u8 code = encode(v, sc, z, ec, maxq, mid);
+            float q = __fmul_rn(sc, __fsub_rn((float)code, (float)z));
+            delta[c] = __dsub_rn((double)q, (double)x);
+        }
+        __syncwarp();
+        for (int j = lane; j < gs; j += 32) {
+            double acc = 0.0;
+            for (int l = 0; l < gs; ++l) acc = __dadd_rn(acc, __dmul_rn(blk[(u64)l * gs + j], delta[l]));
+            t[j] = acc;
+        }
+        __syncwarp();
+        double e = 0.0;
+        if (lane == 0) {
+            for (int j = 0; j < gs; ++j) e = __dadd_rn(e, __dmul_rn(delta[j], t[j]));
+        }
+        e = __shfl_sync(0xffffffffu, e, 0);
+        if (i == 0) first = e;
+        if (e < best) {
+            best = e;
+            best_mv = mv;
+        }
+        __syncwarp();
+    }
+    float* out = w_out + (u64)row * k + (u64)g * gs;
+    for (int c = lane; c < gs; c += 32) out[c] = fminf(fmaxf(orig[c], -best_mv), best_mv);
+    if (lane == 0) {
+        u64 at = (u64)row * groups + g;
+        max_val[at] = best_mv;
+        err_best[at] = best;
+        err_first[at] = first;
     }
 }

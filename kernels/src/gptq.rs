@@ -37,7 +37,7 @@ use crate::gpu::Gpu;
 use crate::launch::{blocks, config, launch};
 use crate::KernelSource;
 
-const SRC: KernelSource = crate::kernel_source!("gptq");
+pub(crate) const SRC: KernelSource = crate::kernel_source!("gptq");
 
 /// Diagonal block width of the blocked Cholesky (`CHOL_NB` in gptq.cu).
 const CHOL_NB: usize = 64;
@@ -46,9 +46,9 @@ const MAX_BLOCK: usize = 128;
 /// Rows per CTA of the column kernel (`GPTQ_WARPS`).
 const ROWS_PER_CTA: usize = 8;
 /// Threads of the element-wise kernels; grids are capped, the kernels stride.
-const EW_THREADS: u32 = 256;
+pub(crate) const EW_THREADS: u32 = 256;
 
-fn dim(v: usize, what: &str) -> KResult<c_int> {
+pub(crate) fn dim(v: usize, what: &str) -> KResult<c_int> {
     c_int::try_from(v)
         .map_err(|_| KernelError::Shape(format!("{what} = {v} exceeds 32-bit cuBLAS dimensions")))
 }
@@ -79,7 +79,7 @@ impl<'g> GptqGpu<'g> {
         self.gpu
     }
 
-    fn ew_grid(total: usize) -> KResult<(u32, u32, u32)> {
+    pub(crate) fn ew_grid(total: usize) -> KResult<(u32, u32, u32)> {
         Ok((blocks(total, EW_THREADS as usize)?.clamp(1, 1 << 16), 1, 1))
     }
 }
@@ -838,7 +838,7 @@ pub fn quad_form(
 
 /// `⟨D, G·D⟩ = Σ_r d_r·G·d_rᵀ` for `d` = row-major `[rows, K]` f64 (column-major `K×rows`, ld
 /// `K`), with `p` (same size) as the product's scratch: one DGEMM and one dot product.
-fn gram_quad(
+pub(crate) fn gram_quad(
     g: &GptqGpu<'_>,
     gram: &CudaSlice<f64>,
     d: &CudaSlice<f64>,

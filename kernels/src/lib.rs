@@ -21,6 +21,7 @@ pub mod probe;
 pub mod seeded;
 pub mod timing;
 
+pub mod awq;
 mod blas;
 mod dequant_gemm;
 pub mod fp8;

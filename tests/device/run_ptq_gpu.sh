@@ -5,7 +5,8 @@
 #     seconds — then perplexity (GPU engine) of the original, RTN, GPTQ and AWQ checkpoints.
 #  2. A synthetic 7B-shaped llama (scripts/make_synthetic_llama.py: Llama-2-7B block shapes,
 #     random bf16 weights, 32 blocks): the same GPTQ on the GPU — wall time, peak host RSS
-#     (bound: 16 GB), seconds per block.
+#     (bound: 16 GB), seconds per block (step `7b`); AWQ g128 on it with the per-block split
+#     into scale search, clip search and the rest (step `awq7b`, QTOOL_AWQ_TIMES=1).
 #
 # Build here, then run on the device from the repository root:
 #   cargo build --release --bin qtool && mkdir -p .dev/ptq && cp target/release/qtool .dev/ptq/
@@ -13,7 +14,7 @@
 #   run: SMOL_GGUF=... TOKENIZER=... bash tests/device/run_ptq_gpu.sh    carry: [".dev/ptq"]
 # Environment: BIN (.dev/ptq), SMOL_GGUF (the Q4_1 GGUF; step 1 is skipped without it),
 # TOKENIZER (a tokenizer.json for the synthetic model; default: the converted SmolLM2's),
-# SAMPLES (128), SEQLEN (512), LAYERS (32), STEPS (smol,7b), WORK (a scratch directory).
+# SAMPLES (128), SEQLEN (512), LAYERS (32), STEPS (smol,7b; also awq7b), WORK (a scratch directory).
 # Prints compact lines; details land in $OUT when that is set.
 
 set -u
@@ -27,6 +28,7 @@ WORK=${WORK:-$(mktemp -d)}
 DEST=${OUT:-$WORK}
 export QTOOL_KERNEL_CACHE=${QTOOL_KERNEL_CACHE:-/tmp/qk}
 bad=0
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
 echo "cpu: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB"
@@ -70,7 +72,7 @@ calibrated() { # label model out group method-flags...
 gptq() { calibrated "$@" --method gptq --act-order; }
 awq() { calibrated "$@" --method awq --layout awq; }
 
-if [[ $STEPS == *smol* ]]; then
+if has smol; then
   if [ -n "${SMOL_GGUF:-}" ]; then
     "$Q" convert "$SMOL_GGUF" -o "$WORK/smol-hf" >/dev/null
     gptq smol-gptq "$WORK/smol-hf" "$WORK/smol-gptq" 64
@@ -94,13 +96,21 @@ EOF
   fi
 fi
 
-if [[ $STEPS == *7b* ]]; then
+if has 7b || has awq7b; then
   TOK=${TOKENIZER:-$WORK/smol-hf/tokenizer.json}
   t0=$(date +%s)
   python3 scripts/make_synthetic_llama.py "$WORK/syn7b" --tokenizer "$TOK" --layers "$LAYERS" || bad=1
   echo "synthetic 7B written in $(( $(date +%s) - t0 )) s; disk free $(df -h "$WORK" | awk 'NR==2{print $4}')"
-  gptq syn7b-gptq "$WORK/syn7b" "$WORK/syn7b-gptq" 128
-  rm -rf "$WORK/syn7b" "$WORK/syn7b-gptq" "$WORK/syn7b-gptq.calib-state"
+  if has 7b; then
+    gptq syn7b-gptq "$WORK/syn7b" "$WORK/syn7b-gptq" 128
+    rm -rf "$WORK/syn7b-gptq" "$WORK/syn7b-gptq.calib-state"
+  fi
+  if has awq7b; then
+    QTOOL_AWQ_TIMES=1 awq syn7b-awq "$WORK/syn7b" "$WORK/syn7b-awq" 128 &&
+      grep '^awq block' "$DEST/syn7b-awq.time"
+    rm -rf "$WORK/syn7b-awq" "$WORK/syn7b-awq.calib-state"
+  fi
+  rm -rf "$WORK/syn7b"
 fi
 
 [ $bad -eq 0 ] && echo PASS || echo FAIL

@@ -14,9 +14,9 @@
 //! unquantized (`--ignore`) is not scaled.
 //!
 //! The statistics come through [`AwqStats`]: the CPU capture's host Hessians ([`CpuStats`]),
-//! or the GPU pipeline's device sums ([`super::gpu`]), which also evaluates the scale search's
-//! quadratic forms and the held-out errors on the device. The rounding, folding and clip search
-//! run here on the host either way.
+//! or the GPU pipeline's device sums ([`super::gpu`]), which also runs the scale and clip
+//! searches (`qtool_kernels::awq`, bit-equal to the host code) and the held-out errors on the
+//! device. The folding and the final rounding run here on the host either way.
 
 use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
@@ -39,18 +39,32 @@ pub(super) trait AwqStats {
     fn gram(&self, site: Site, layer: &str) -> Result<Vec<f64>, PipelineError>;
     /// `mean |x|` of the calibration inputs at `site`.
     fn abs_mean(&self, site: Site, layer: &str) -> Result<Vec<f32>, PipelineError>;
-    /// The scale search of the group `linears` reading `site`, whose gram is `gram`.
+    /// The scale search of the group `linears` reading `site`.
     #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
         site: Site,
-        gram: &[f64],
         linears: &[(&[f32], usize)],
         k: usize,
         am: &[f32],
         cfg: &AwqConfig,
         layer: &str,
     ) -> Result<ScaleSearch, PipelineError>;
+    /// The clip search of `w` (`[n, k]`, already multiplied by the column scales `col_scale`)
+    /// reading `site`: the clamped weight.
+    #[allow(clippy::too_many_arguments)]
+    fn clip(
+        &self,
+        site: Site,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        col_scale: Option<&[f32]>,
+        cfg: &AwqConfig,
+        layer: &str,
+    ) -> Result<Vec<f32>, PipelineError> {
+        host_clip(self, site, w, n, k, col_scale, cfg, layer)
+    }
     /// `output_error(w, ŵ)` on the held-out inputs at `site` for each `ŵ` of `hats`.
     #[allow(clippy::too_many_arguments)]
     fn errors(
@@ -62,6 +76,26 @@ pub(super) trait AwqStats {
         k: usize,
         layer: &str,
     ) -> Result<[f64; 2], PipelineError>;
+}
+
+/// The clip search on the host, against the statistics of the scaled input.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn host_clip<S: AwqStats + ?Sized>(
+    stats: &S,
+    site: Site,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    col_scale: Option<&[f32]>,
+    cfg: &AwqConfig,
+    layer: &str,
+) -> Result<Vec<f32>, PipelineError> {
+    let gram = stats.gram(site, layer)?;
+    let g = match col_scale {
+        Some(s) => scale_gram(&gram, k, s),
+        None => gram,
+    };
+    Ok(clip_search(w, n, k, &g, cfg).map_err(layer_err(layer))?.w)
 }
 
 /// The CPU capture's statistics: calibration and held-out host Hessians.
@@ -82,15 +116,15 @@ impl AwqStats for CpuStats<'_> {
 
     fn search(
         &self,
-        _site: Site,
-        gram: &[f64],
+        site: Site,
         linears: &[(&[f32], usize)],
         k: usize,
         am: &[f32],
         cfg: &AwqConfig,
         layer: &str,
     ) -> Result<ScaleSearch, PipelineError> {
-        search_scales(linears, k, gram, am, cfg).map_err(layer_err(layer))
+        let gram = self.gram(site, layer)?;
+        search_scales(linears, k, &gram, am, cfg).map_err(layer_err(layer))
     }
 
     fn errors(
@@ -173,11 +207,10 @@ pub(super) fn quantize(
                 continue;
             }
         }
-        let gram = stats.gram(site, &ts[0].name)?;
         let am = stats.abs_mean(site, &ts[0].name)?;
         let linears: Vec<(&[f32], usize)> =
             slots.iter().map(|&s| (orig[s].as_slice(), dims[s].0)).collect();
-        let found = stats.search(site, &gram, &linears, k, &am, &cfg_of(ts[0]), &ts[0].name)?;
+        let found = stats.search(site, &linears, k, &am, &cfg_of(ts[0]), &ts[0].name)?;
         for &s in slots {
             col_scale[s] = Some(found.scales.clone());
             alpha[s] = Some(found.alpha);
@@ -244,15 +277,11 @@ pub(super) fn quantize(
     for t in targets {
         let (n, k) = dims[t.slot];
         let cfg = cfg_of(t);
-        let gram = stats.gram(t.site, &t.name)?;
         let lin = linear_mut(block, t.slot);
         let t_c = std::time::Instant::now();
         let w = if t.slot >= 2 {
-            let g = match &col_scale[t.slot] {
-                Some(s) => scale_gram(&gram, k, s),
-                None => gram,
-            };
-            clip_search(&lin.weight.data, n, k, &g, &cfg).map_err(layer_err(&t.name))?.w
+            let cs = col_scale[t.slot].as_deref();
+            stats.clip(t.site, &lin.weight.data, n, k, cs, &cfg, &t.name)?
         } else {
             lin.weight.data.clone()
         };

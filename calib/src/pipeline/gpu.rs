@@ -13,13 +13,17 @@
 //! channel (calibration windows only); the calibration sums come down into host
 //! [`Hessian`]s for the clip search while their grams stay on the device for the scale
 //! search's quadratic forms ([`quad_form`], f64), and the held-out Hessians stay there for the
-//! error log ([`output_errors`]). The host rounds, folds the scales into the norms and
-//! producer rows and clips ([`super::awq_block`]); the block is then uploaded again, since AWQ
-//! changes more than the quantized linears, for the quantized pass. Device memory adds the
+//! error log ([`output_errors`]). The scale search (per α: round `W·s` and take the quadratic
+//! form) and the clip search run on the device too ([`awq`], bit-equal to the host code, which
+//! takes over for inputs it would reject and for groups wider than the clip kernel's). The host
+//! folds the scales into the norms and producer rows and rounds the final weights
+//! ([`super::awq_block`]); the block is then uploaded again, since AWQ changes more than the
+//! quantized linears, for the quantized pass. Device memory adds the
 //! calibration grams of all four sites (≈ 1.4 GB for a 7B shape).
 
 use std::cell::RefCell;
 
+use qtool_kernels::awq;
 use qtool_kernels::gptq::{
     gptq_quantize, output_errors, quad_form, GptqGpu, GpuAbsSum, GpuFactor, GpuHessian,
 };
@@ -375,18 +379,42 @@ impl AwqStats for AwqDeviceStats<'_, '_> {
     fn search(
         &self,
         site: Site,
-        _gram: &[f64],
         linears: &[(&[f32], usize)],
         k: usize,
         am: &[f32],
         cfg: &AwqConfig,
         layer: &str,
     ) -> Result<ScaleSearch, PipelineError> {
-        let qf = DeviceQuadForm { gg: self.gg, gram: &self.calib(site)?.1, k, failed: None.into() };
+        let gram = &self.calib(site)?.1;
+        if let Some(found) =
+            awq::search_scales(self.gg, gram, k, linears, am, cfg).map_err(gpu_err(layer))?
+        {
+            return Ok(found);
+        }
+        // Values the device search leaves to the host (it names the bad one): the host rounding
+        // with the quadratic forms still on the device.
+        let qf = DeviceQuadForm { gg: self.gg, gram, k, failed: None.into() };
         search_scales_with(linears, &qf, am, cfg).map_err(|e| match qf.failed.take() {
             Some(source) => PipelineError::Gpu { layer: layer.to_owned(), source },
             None => PipelineError::Layer { layer: layer.to_owned(), source: e },
         })
+    }
+
+    fn clip(
+        &self,
+        site: Site,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        col_scale: Option<&[f32]>,
+        cfg: &AwqConfig,
+        layer: &str,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let gram = &self.calib(site)?.1;
+        match awq::clip_search(self.gg, gram, w, n, k, col_scale, cfg).map_err(gpu_err(layer))? {
+            Some(r) => Ok(r.w),
+            None => awq_block::host_clip(self, site, w, n, k, col_scale, cfg, layer),
+        }
     }
 
     fn errors(

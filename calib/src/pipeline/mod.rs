@@ -97,8 +97,8 @@ pub struct Options {
 
 /// Where the pipeline runs (`--device`). GPTQ on the GPU runs everything there (forward passes,
 /// statistics, factorization, solve, error log); AWQ on the GPU runs the forward passes, the
-/// statistics, the scale search's quadratic forms and the error log there, and its rounding,
-/// folding and clip search on the CPU.
+/// statistics, the scale and clip searches and the error log there, and the folding and the
+/// final rounding on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     /// The GPU when one is usable, else the CPU (with one line on stderr).

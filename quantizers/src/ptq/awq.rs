@@ -59,9 +59,49 @@ pub struct ScaleSearch {
 /// rounding a block of rows alone gives the rows' values of rounding the whole matrix.
 const ERROR_ROWS: usize = 32;
 
-/// `Σ ‖X(W − Ŵ)ᵀ‖²/T` of `linears` quantized with input scales `s`. The rounding and the
-/// difference `W − Q(W·diag s)·diag(s)⁻¹` run per block of rows in parallel (every value is
-/// the same as rounding the whole matrix at once), then `gram` takes the quadratic form.
+/// `W − Q(W·diag s)·diag(s)⁻¹` of one `[N, K]` linear: the weight change the scale-search
+/// error measures. The rounding runs per block of rows in parallel (every value is the same as
+/// rounding the whole matrix at once).
+pub fn scaled_residual(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    s: &[f32],
+    cfg: &AwqConfig,
+) -> PtqResult<Vec<f32>> {
+    check_len("weight", n * k, w.len())?;
+    check_len("scales", k, s.len())?;
+    let mut d = vec![0.0f32; n * k];
+    let rows_k = (ERROR_ROWS * k).max(1);
+    let done = d.par_chunks_mut(rows_k).zip(w.par_chunks(rows_k)).try_for_each(
+        |(dc, wc)| -> PtqResult<()> {
+            let rows = wc.len() / k;
+            let ws: Vec<f32> =
+                wc.chunks_exact(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect();
+            let q = quantize_for_storage(&ws, rows, k, &cfg.rtn, None, cfg.scale_dtype)?;
+            let deq = dequantize(&q)?;
+            for ((dr, wr), qr) in
+                dc.chunks_exact_mut(k).zip(wc.chunks_exact(k)).zip(deq.chunks_exact(k))
+            {
+                for (((o, a), b), c) in dr.iter_mut().zip(wr).zip(qr).zip(s) {
+                    *o = a - b / c;
+                }
+            }
+            Ok(())
+        },
+    );
+    if done.is_err() {
+        // Rounding the whole matrix names the first bad value by its row in the matrix.
+        let ws: Vec<f32> =
+            w.chunks_exact(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect();
+        quantize_for_storage(&ws, n, k, &cfg.rtn, None, cfg.scale_dtype)?;
+        done?;
+    }
+    Ok(d)
+}
+
+/// `Σ ‖X(W − Ŵ)ᵀ‖²/T` of `linears` quantized with input scales `s`: [`scaled_residual`] per
+/// linear, then `gram` takes the quadratic form.
 fn group_error(
     linears: &[(&[f32], usize)],
     k: usize,
@@ -71,34 +111,7 @@ fn group_error(
 ) -> PtqResult<f64> {
     let mut total = 0.0;
     for &(w, n) in linears {
-        let mut d = vec![0.0f32; n * k];
-        let rows_k = (ERROR_ROWS * k).max(1);
-        let done = d.par_chunks_mut(rows_k).zip(w.par_chunks(rows_k)).try_for_each(
-            |(dc, wc)| -> PtqResult<()> {
-                let rows = wc.len() / k;
-                let ws: Vec<f32> = wc
-                    .chunks_exact(k)
-                    .flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b))
-                    .collect();
-                let q = quantize_for_storage(&ws, rows, k, &cfg.rtn, None, cfg.scale_dtype)?;
-                let deq = dequantize(&q)?;
-                for ((dr, wr), qr) in
-                    dc.chunks_exact_mut(k).zip(wc.chunks_exact(k)).zip(deq.chunks_exact(k))
-                {
-                    for (((o, a), b), c) in dr.iter_mut().zip(wr).zip(qr).zip(s) {
-                        *o = a - b / c;
-                    }
-                }
-                Ok(())
-            },
-        );
-        if done.is_err() {
-            // Rounding the whole matrix names the first bad value by its row in the matrix.
-            let ws: Vec<f32> =
-                w.chunks_exact(k).flat_map(|row| row.iter().zip(s).map(|(a, b)| a * b)).collect();
-            quantize_for_storage(&ws, n, k, &cfg.rtn, None, cfg.scale_dtype)?;
-            done?;
-        }
+        let d = scaled_residual(w, n, k, s, cfg)?;
         total += gram.sum(&d, n)?;
     }
     Ok(total)
@@ -154,8 +167,8 @@ pub fn search_scales_with(
     Ok(best)
 }
 
-/// `s = max(x^α, 1e-4) / √(max·min)`, non-finite → 1.
-fn scales_for(x_absmean: &[f32], alpha: f32) -> Vec<f32> {
+/// The input scales of grid step `α`: `s = max(x^α, 1e-4) / √(max·min)`, non-finite → 1.
+pub fn scales_for(x_absmean: &[f32], alpha: f32) -> Vec<f32> {
     let s: Vec<f32> = x_absmean.iter().map(|&x| x.powf(alpha).max(1e-4)).collect();
     let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mn = s.iter().copied().fold(f32::INFINITY, f32::min);
@@ -202,7 +215,7 @@ pub fn clip_search(
         GroupSize::PerChannel => k,
         GroupSize::Size(g) => g,
     };
-    let steps = ((cfg.max_shrink * cfg.clip_grid as f32) as usize).max(1);
+    let steps = clip_steps(cfg);
     let rows: Vec<(Vec<f32>, Vec<f32>, f64, f64)> = w
         .par_chunks(k)
         .map(|row| {
@@ -257,6 +270,11 @@ pub fn clip_search(
         res.unclipped_error += u;
     }
     Ok(res)
+}
+
+/// The clip search's shrink steps per group: `max_shrink · clip_grid`, at least one.
+pub fn clip_steps(cfg: &AwqConfig) -> usize {
+    ((cfg.max_shrink * cfg.clip_grid as f32) as usize).max(1)
 }
 
 /// Quantize-dequantize one group in place with the layout's formula and stored scale precision.
