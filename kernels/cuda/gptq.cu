@@ -187,6 +187,17 @@ __device__ __forceinline__ void group_params(float lo, float hi, int conv, int s
     *z_out = (u8)zero;
 }
 
+// Every lane gets the warp's [lo, hi] and whether any lane saw a non-finite value (min and max
+// are exact, so the butterfly's order does not matter).
+__device__ __forceinline__ void warp_range(float* lo, float* hi, int* nonfinite) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        *lo = fminf(*lo, __shfl_xor_sync(0xffffffffu, *lo, off));
+        *hi = fmaxf(*hi, __shfl_xor_sync(0xffffffffu, *hi, off));
+        *nonfinite |= __shfl_xor_sync(0xffffffffu, *nonfinite, off);
+    }
+}
+
 // Group parameters of every (row, group): one warp each, grid (groups, ceil(n / 8)), 256
 // threads. Groups are `cols` consecutive original columns; with zero_dead, dead columns count
 // as 0. *bad is set when an input is not finite or a stored scale is 0 or not finite (the
@@ -210,12 +221,7 @@ extern "C" __global__ void group_params_rows(const float* __restrict__ w,
         lo = fminf(lo, v);
         hi = fmaxf(hi, v);
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
-        nonfinite |= __shfl_xor_sync(0xffffffffu, nonfinite, off);
-    }
+    warp_range(&lo, &hi, &nonfinite);
     if (lane == 0) {
         float s;
         u8 z;
@@ -341,12 +347,7 @@ extern "C" __global__ void awq_scaled_residual(const float* __restrict__ w,
         lo = fminf(lo, v);
         hi = fmaxf(hi, v);
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
-        nonfinite |= __shfl_xor_sync(0xffffffffu, nonfinite, off);
-    }
+    warp_range(&lo, &hi, &nonfinite);
     float sc;
     u8 z;
     group_params(lo, hi, conv, sym, maxq, mid, sdt, &sc, &z);
@@ -419,11 +420,8 @@ extern "C" __global__ void awq_clip(const float* __restrict__ w, const double* _
             lo = fminf(lo, v);
             hi = fmaxf(hi, v);
         }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
-            hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
-        }
+        int finite_only = 0;  // the clamped group of finite weights
+        warp_range(&lo, &hi, &finite_only);
         float sc;
         u8 z;
         group_params(lo, hi, conv, sym, maxq, mid, sdt, &sc, &z);
