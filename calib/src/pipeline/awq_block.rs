@@ -50,20 +50,9 @@ pub(super) trait AwqStats {
         cfg: &AwqConfig,
         layer: &str,
     ) -> Result<ScaleSearch, PipelineError>;
-    /// The clip search of `w` (`[n, k]`, already multiplied by the column scales `col_scale`)
-    /// reading `site`: the clamped weight.
-    #[allow(clippy::too_many_arguments)]
-    fn clip(
-        &self,
-        site: Site,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        col_scale: Option<&[f32]>,
-        cfg: &AwqConfig,
-        layer: &str,
-    ) -> Result<Vec<f32>, PipelineError> {
-        host_clip(self, site, w, n, k, col_scale, cfg, layer)
+    /// The clip search of one linear: its clamped weight.
+    fn clip(&self, job: &ClipJob<'_>, cfg: &AwqConfig) -> Result<Vec<f32>, PipelineError> {
+        host_clip(self, job, cfg)
     }
     /// `output_error(w, ŵ)` on the held-out inputs at `site` for each `ŵ` of `hats`.
     #[allow(clippy::too_many_arguments)]
@@ -78,24 +67,29 @@ pub(super) trait AwqStats {
     ) -> Result<[f64; 2], PipelineError>;
 }
 
+/// One linear's clip search: `w` (`[n, k]`) already multiplied by the column scales
+/// `col_scale`, its input read at `site`; `layer` names it in errors.
+pub(super) struct ClipJob<'a> {
+    pub site: Site,
+    pub w: &'a [f32],
+    pub n: usize,
+    pub k: usize,
+    pub col_scale: Option<&'a [f32]>,
+    pub layer: &'a str,
+}
+
 /// The clip search on the host, against the statistics of the scaled input.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn host_clip<S: AwqStats + ?Sized>(
     stats: &S,
-    site: Site,
-    w: &[f32],
-    n: usize,
-    k: usize,
-    col_scale: Option<&[f32]>,
+    job: &ClipJob<'_>,
     cfg: &AwqConfig,
-    layer: &str,
 ) -> Result<Vec<f32>, PipelineError> {
-    let gram = stats.gram(site, layer)?;
-    let g = match col_scale {
-        Some(s) => scale_gram(&gram, k, s),
+    let gram = stats.gram(job.site, job.layer)?;
+    let g = match job.col_scale {
+        Some(s) => scale_gram(&gram, job.k, s),
         None => gram,
     };
-    Ok(clip_search(w, n, k, &g, cfg).map_err(layer_err(layer))?.w)
+    Ok(clip_search(job.w, job.n, job.k, &g, cfg).map_err(layer_err(job.layer))?.w)
 }
 
 /// The CPU capture's statistics: calibration and held-out host Hessians.
@@ -280,8 +274,15 @@ pub(super) fn quantize(
         let lin = linear_mut(block, t.slot);
         let t_c = std::time::Instant::now();
         let w = if t.slot >= 2 {
-            let cs = col_scale[t.slot].as_deref();
-            stats.clip(t.site, &lin.weight.data, n, k, cs, &cfg, &t.name)?
+            let job = ClipJob {
+                site: t.site,
+                w: &lin.weight.data,
+                n,
+                k,
+                col_scale: col_scale[t.slot].as_deref(),
+                layer: &t.name,
+            };
+            stats.clip(&job, &cfg)?
         } else {
             lin.weight.data.clone()
         };

@@ -35,7 +35,7 @@ use qtool_quantizers::ptq::{
     search_scales_with, AwqConfig, Hessian, PtqError, PtqResult, QuadForm, ScaleSearch,
 };
 
-use super::awq_block::{self, layer_err, AwqStats};
+use super::awq_block::{self, layer_err, AwqStats, ClipJob};
 use super::{site_index, Device, LayerLog, Method, Options, PipelineError, Store, Target};
 use crate::engine::{Block, EngineError, GpuBlock, Matrix, Site};
 
@@ -400,20 +400,12 @@ impl AwqStats for AwqDeviceStats<'_, '_> {
         })
     }
 
-    fn clip(
-        &self,
-        site: Site,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        col_scale: Option<&[f32]>,
-        cfg: &AwqConfig,
-        layer: &str,
-    ) -> Result<Vec<f32>, PipelineError> {
-        let gram = &self.calib(site)?.1;
+    fn clip(&self, job: &ClipJob<'_>, cfg: &AwqConfig) -> Result<Vec<f32>, PipelineError> {
+        let gram = &self.calib(job.site)?.1;
+        let ClipJob { w, n, k, col_scale, layer, .. } = *job;
         match awq::clip_search(self.gg, gram, w, n, k, col_scale, cfg).map_err(gpu_err(layer))? {
             Some(r) => Ok(r.w),
-            None => awq_block::host_clip(self, site, w, n, k, col_scale, cfg, layer),
+            None => awq_block::host_clip(self, job, cfg),
         }
     }
 
