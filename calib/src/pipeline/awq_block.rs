@@ -18,6 +18,8 @@
 //! searches (`qtool_kernels::awq`, bit-equal to the host code) and the held-out errors on the
 //! device. The folding and the final rounding run here on the host either way.
 
+use rayon::prelude::*;
+
 use qtool_quantizers::export::{int_layer, IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
 use qtool_quantizers::ptq::awq::scale_gram;
@@ -294,13 +296,14 @@ pub(super) fn quantize(
 
         // The log compares in the original space: diag(row)·Ŵ·diag(1/col) against W.
         let mut eff = deq.clone();
-        for (r, row) in eff.chunks_exact_mut(k).enumerate() {
-            let rf = row_scale[t.slot].as_ref().map_or(1.0, |s| s[r]);
+        let (rs, cs) = (row_scale[t.slot].as_deref(), col_scale[t.slot].as_deref());
+        eff.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+            let rf = rs.map_or(1.0, |s| s[r]);
             for (c, v) in row.iter_mut().enumerate() {
-                let cf = col_scale[t.slot].as_ref().map_or(1.0, |s| s[c]);
+                let cf = cs.map_or(1.0, |s| s[c]);
                 *v = *v * rf / cf;
             }
-        }
+        });
         let w0 = &orig[t.slot];
         let rtn =
             quantize_for_storage(w0, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
