@@ -186,7 +186,7 @@ pub(super) fn quantize(
 
     // Where the host time goes (`QTOOL_AWQ_TIMES=1`: one stderr line per block).
     let t_start = std::time::Instant::now();
-    let mut t_clip = 0.0f64;
+    let (mut t_clip, mut t_round, mut t_store, mut t_log) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     // 1. Scale searches on the original weights.
     let mut col_scale: [Option<Vec<f32>>; 7] = Default::default();
     let mut row_scale: [Option<Vec<f32>>; 7] = Default::default();
@@ -289,10 +289,15 @@ pub(super) fn quantize(
             lin.weight.data.clone()
         };
         t_clip += t_c.elapsed().as_secs_f64();
+        let t_r = std::time::Instant::now();
         let int_err = |source| PipelineError::Int { layer: t.name.clone(), source };
         let q = quantize_for_storage(&w, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
         let deq = dequantize(&q).map_err(int_err)?;
+        t_round += t_r.elapsed().as_secs_f64();
+        let t_s = std::time::Instant::now();
         store.put_quantized(&t.name, &q)?;
+        t_store += t_s.elapsed().as_secs_f64();
+        let t_l = std::time::Instant::now();
 
         // The log compares in the original space: diag(row)·Ŵ·diag(1/col) against W.
         let mut eff = deq.clone();
@@ -309,6 +314,7 @@ pub(super) fn quantize(
             quantize_for_storage(w0, n, k, &cfg.rtn, None, cfg.scale_dtype).map_err(int_err)?;
         let rtn_deq = dequantize(&rtn).map_err(int_err)?;
         let [rtn_error, error] = stats.errors(t.site, w0, [&rtn_deq, &eff], n, k, &t.name)?;
+        t_log += t_l.elapsed().as_secs_f64();
         lin.weight.data = deq;
         logs.push(LayerLog {
             name: t.name.clone(),
@@ -324,8 +330,9 @@ pub(super) fn quantize(
     if std::env::var_os("QTOOL_AWQ_TIMES").is_some() {
         let total = t_start.elapsed().as_secs_f64();
         eprintln!(
-            "awq block {bi}: search {t_search:.2} s, clip {t_clip:.2} s, rest {:.2} s",
-            total - t_search - t_clip
+            "awq block {bi}: search {t_search:.2} s, clip {t_clip:.2} s, round {t_round:.2} s, \
+             store {t_store:.2} s, log {t_log:.2} s, rest {:.2} s",
+            total - t_search - t_clip - t_round - t_store - t_log
         );
     }
     for (name, v) in changed_floats {
