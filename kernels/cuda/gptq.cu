@@ -126,6 +126,15 @@ extern "C" __global__ void diff_f64(const float* __restrict__ a, const float* __
     }
 }
 
+// *bad = 1 when any of the len values of x is NaN or infinite.
+extern "C" __global__ void flag_nonfinite(const double* __restrict__ x, u64 len,
+                                          int* __restrict__ bad) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (u64)gridDim.x * blockDim.x) {
+        if (!isfinite(x[i])) atomicExch(bad, 1);
+    }
+}
+
 // wp[r][j] = w[r][perm[j]], or 0 where that input column is dead: the weight in visiting order.
 extern "C" __global__ void permute_cols(const float* __restrict__ w, const int* __restrict__ perm,
                                         const u8* __restrict__ dead, float* __restrict__ wp, int n,

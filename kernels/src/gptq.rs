@@ -799,6 +799,27 @@ impl GpuHessian {
     }
 }
 
+/// Whether every value of the device `x` is finite (one pass, one flag downloaded).
+pub fn all_finite(g: &GptqGpu<'_>, x: &CudaSlice<f64>) -> KResult<bool> {
+    if x.is_empty() {
+        return Ok(true);
+    }
+    let gpu = g.gpu;
+    let mut bad = gpu.zeros::<i32>(1)?;
+    let len = x.len() as u64;
+    let f = gpu.function(&SRC, "flag_nonfinite")?;
+    let mut b = gpu.stream().launch_builder(&f);
+    b.arg(x).arg(&len).arg(&mut bad);
+    launch(
+        gpu,
+        &f,
+        "flag_nonfinite",
+        b,
+        config(GptqGpu::ew_grid(x.len())?, (EW_THREADS, 1, 1), 0),
+    )?;
+    Ok(gpu.download(&bad)?[0] == 0)
+}
+
 /// `Σ_r d_r·G·d_rᵀ` over the rows of the host `d` (`[rows, K]` row-major f32) with the device
 /// `gram` (`K×K` symmetric f64): AWQ's scale-search error on the GPU. `d` is widened to f64 and
 /// the product is one DGEMM and one dot product, in f64 where the CPU's `GramQuadForm` rounds

@@ -235,3 +235,17 @@ fn output_errors_on_the_gpu_equal_the_cpu_quadratic_form() {
     assert_eq!(got[2], 0.0);
     assert!(qtool_kernels::gptq::output_errors(&gg, &w, &[&w[1..]], n, k, &h_dev).is_err());
 }
+
+#[test]
+fn all_finite_finds_a_nan_or_infinity_anywhere() {
+    let Some(g) = gpu() else { return };
+    let gg = GptqGpu::new(&g).unwrap();
+    let base: Vec<f64> = values(31, 5000).into_iter().map(|v| f64::from(v) * 1e300).collect();
+    assert!(qtool_kernels::gptq::all_finite(&gg, &g.upload(&base).unwrap()).unwrap());
+    for (at, bad) in [(0, f64::NAN), (2500, f64::INFINITY), (4999, f64::NEG_INFINITY)] {
+        let mut v = base.clone();
+        v[at] = bad;
+        let d = g.upload(&v).unwrap();
+        assert!(!qtool_kernels::gptq::all_finite(&gg, &d).unwrap(), "{bad} at {at}");
+    }
+}

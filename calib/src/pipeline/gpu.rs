@@ -10,29 +10,27 @@
 //! (≈ 1 GB each for `down_proj`'s 11008 inputs).
 //!
 //! AWQ ([`GpuPipeline::run_block`] with `--method awq`): the capture pass also sums `|x|` per
-//! channel (calibration windows only); the calibration sums come down into host
-//! [`Hessian`]s for the clip search while their grams stay on the device for the scale
-//! search's quadratic forms ([`quad_form`], f64), and the held-out Hessians stay there for the
-//! error log ([`output_errors`]). The scale search (per α: round `W·s` and take the quadratic
-//! form) and the clip search run on the device too ([`awq`], bit-equal to the host code, which
-//! takes over for inputs it would reject and for groups wider than the clip kernel's). The host
-//! folds the scales into the norms and producer rows and rounds the final weights
-//! ([`super::awq_block`]); the block is then uploaded again, since AWQ changes more than the
-//! quantized linears, for the quantized pass. Device memory adds the
-//! calibration grams of all four sites (≈ 1.4 GB for a 7B shape).
+//! channel (calibration windows only; only these `K` sums come down, for `mean|x|`). The
+//! calibration grams stay on the device for the scale and clip searches ([`awq`], bit-equal to
+//! the host code, which takes over for inputs it would reject and for groups wider than the
+//! clip kernel's; only then does a gram come down), and the held-out Hessians stay there for
+//! the error log ([`output_errors`]). The host folds the scales into the norms and producer
+//! rows and rounds the final weights ([`super::awq_block`]); the block is then uploaded again,
+//! since AWQ changes more than the quantized linears, for the quantized pass. Device memory
+//! adds the calibration grams of all four sites (≈ 1.4 GB for a 7B shape).
 
 use std::cell::RefCell;
 
 use qtool_kernels::awq;
 use qtool_kernels::gptq::{
-    gptq_quantize, output_errors, quad_form, GptqGpu, GpuAbsSum, GpuFactor, GpuHessian,
+    all_finite, gptq_quantize, output_errors, quad_form, GptqGpu, GpuAbsSum, GpuFactor, GpuHessian,
 };
 use qtool_kernels::llama::{CudaSlice, LlamaGpu};
 use qtool_kernels::{Gpu, KernelError};
 use qtool_quantizers::export::{IntSettings, QuantizePlan};
 use qtool_quantizers::int::{dequantize, quantize_for_storage};
 use qtool_quantizers::ptq::{
-    search_scales_with, AwqConfig, Hessian, PtqError, PtqResult, QuadForm, ScaleSearch,
+    abs_mean_of, search_scales_with, AwqConfig, Hessian, PtqError, PtqResult, QuadForm, ScaleSearch,
 };
 
 use super::awq_block::{self, layer_err, AwqStats, ClipJob};
@@ -297,13 +295,21 @@ fn site_k(block: &Block) -> [usize; 4] {
     [block.q.weight.cols, block.o.weight.cols, block.gate.weight.cols, block.down.weight.cols]
 }
 
-/// One block's AWQ statistics from the device: per site, the calibration statistics as a host
-/// [`Hessian`] (clip search, abs-mean) and its gram on the device (scale search), and the
-/// held-out `2·XᵀX/T` on the device (error log).
+/// One input site's AWQ calibration statistics: `Σ|x|` and the token count on the host (for
+/// `mean|x|`), the gram `XᵀX/T` on the device (both searches; downloaded only when a search
+/// falls back to the host).
+struct SiteCalib {
+    abs_sum: Vec<f64>,
+    tokens: u64,
+    gram: CudaSlice<f64>,
+}
+
+/// One block's AWQ statistics from the device: per site, the calibration statistics
+/// ([`SiteCalib`]), and the held-out `2·XᵀX/T` on the device (error log).
 struct AwqDeviceStats<'a, 'g> {
     gg: &'a GptqGpu<'g>,
     block: usize,
-    calib: [Option<(Hessian, CudaSlice<f64>)>; 4],
+    calib: [Option<SiteCalib>; 4],
     held: [Option<CudaSlice<f64>>; 4],
 }
 
@@ -319,12 +325,16 @@ impl<'a, 'g> AwqDeviceStats<'a, 'g> {
             AwqDeviceStats { gg, block, calib: Default::default(), held: Default::default() };
         for (i, (h, a)) in calib.sites.into_iter().zip(calib.abs).enumerate() {
             let (Some(h), Some(a)) = (h, a) else { continue };
-            let upper = h.download_upper(gg).map_err(gpu_err(&name))?;
-            let abs = a.download(gg).map_err(gpu_err(&name))?;
-            let host =
-                Hessian::from_parts(h.k(), upper, abs, h.tokens()).map_err(layer_err(&name))?;
             let gram = h.gram(gg).map_err(gpu_err(&name))?;
-            out.calib[i] = Some((host, gram));
+            let abs_sum = a.download(gg).map_err(gpu_err(&name))?;
+            let finite = all_finite(gg, &gram).map_err(gpu_err(&name))?;
+            if !finite || abs_sum.iter().any(|v| !v.is_finite()) {
+                // The host's statistics name the first sum that is not finite.
+                let upper = h.download_upper(gg).map_err(gpu_err(&name))?;
+                Hessian::from_parts(h.k(), upper, abs_sum.clone(), h.tokens())
+                    .map_err(layer_err(&name))?;
+            }
+            out.calib[i] = Some(SiteCalib { abs_sum, tokens: h.tokens(), gram });
         }
         for (i, h) in held.sites.into_iter().enumerate() {
             if let Some(h) = h {
@@ -334,7 +344,7 @@ impl<'a, 'g> AwqDeviceStats<'a, 'g> {
         Ok(out)
     }
 
-    fn calib(&self, site: Site) -> Result<&(Hessian, CudaSlice<f64>), PipelineError> {
+    fn calib(&self, site: Site) -> Result<&SiteCalib, PipelineError> {
         self.calib[site_index(site)].as_ref().ok_or_else(|| {
             PipelineError::Usage(format!(
                 "block {}: no activations were captured at {site:?}",
@@ -369,11 +379,13 @@ impl QuadForm for DeviceQuadForm<'_, '_> {
 
 impl AwqStats for AwqDeviceStats<'_, '_> {
     fn gram(&self, site: Site, layer: &str) -> Result<Vec<f64>, PipelineError> {
-        self.calib(site)?.0.gram().map_err(layer_err(layer))
+        // The device gram is the host `Hessian::gram` of the same sums, bit for bit.
+        self.gg.gpu().download(&self.calib(site)?.gram).map_err(gpu_err(layer))
     }
 
     fn abs_mean(&self, site: Site, layer: &str) -> Result<Vec<f32>, PipelineError> {
-        self.calib(site)?.0.abs_mean().map_err(layer_err(layer))
+        let c = self.calib(site)?;
+        abs_mean_of(&c.abs_sum, c.tokens).map_err(layer_err(layer))
     }
 
     fn search(
@@ -385,7 +397,7 @@ impl AwqStats for AwqDeviceStats<'_, '_> {
         cfg: &AwqConfig,
         layer: &str,
     ) -> Result<ScaleSearch, PipelineError> {
-        let gram = &self.calib(site)?.1;
+        let gram = &self.calib(site)?.gram;
         if let Some(found) =
             awq::search_scales(self.gg, gram, k, linears, am, cfg).map_err(gpu_err(layer))?
         {
@@ -401,7 +413,7 @@ impl AwqStats for AwqDeviceStats<'_, '_> {
     }
 
     fn clip(&self, job: &ClipJob<'_>, cfg: &AwqConfig) -> Result<Vec<f32>, PipelineError> {
-        let gram = &self.calib(job.site)?.1;
+        let gram = &self.calib(job.site)?.gram;
         let ClipJob { w, n, k, col_scale, layer, .. } = *job;
         match awq::clip_search(self.gg, gram, w, n, k, col_scale, cfg).map_err(gpu_err(layer))? {
             Some(r) => Ok(r.w),

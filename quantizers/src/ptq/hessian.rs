@@ -147,11 +147,17 @@ impl Hessian {
 
     /// AWQ's activation salience, `mean |x|` per input channel.
     pub fn abs_mean(&self) -> PtqResult<Vec<f32>> {
-        if self.tokens == 0 {
-            return Err(PtqError::NoTokens);
-        }
-        Ok(self.abs_sum.iter().map(|&a| (a / self.tokens as f64) as f32).collect())
+        abs_mean_of(&self.abs_sum, self.tokens)
     }
+}
+
+/// `mean |x|` per channel from the sums `Σ|x|` over `tokens` tokens (also for sums kept
+/// elsewhere, e.g. on a GPU).
+pub fn abs_mean_of(abs_sum: &[f64], tokens: u64) -> PtqResult<Vec<f32>> {
+    if tokens == 0 {
+        return Err(PtqError::NoTokens);
+    }
+    Ok(abs_sum.iter().map(|&a| (a / tokens as f64) as f32).collect())
 }
 
 /// `Σ_r d_r·G·d_rᵀ` over the rows of `d` (`[rows, K]`) for one fixed `G`: the quadratic form

@@ -27,7 +27,7 @@ pub mod linalg;
 pub use awq::{clip_search, search_scales, search_scales_with, AwqConfig, ClipResult, ScaleSearch};
 pub use error::{PtqError, PtqResult};
 pub use gptq::{GptqConfig, GptqOutput, Prepared};
-pub use hessian::{output_error, GramQuadForm, Hessian, QuadForm};
+pub use hessian::{abs_mean_of, output_error, GramQuadForm, Hessian, QuadForm};
 
 #[cfg(test)]
 mod tests;
